@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
+from http.cookiejar import CookieJar
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -478,11 +479,15 @@ def _free_port() -> int:
         return port
 
 
-def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
+def _get(
+    url: str,
+    headers: dict[str, str] | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> tuple[int, Message, bytes]:
     """GET without raising on an HTTP error status; headers are case-insensitive."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with (opener or urllib.request.build_opener()).open(request, timeout=10) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         with error:
@@ -622,16 +627,25 @@ def test_wheel_installed_like_the_image_serves_the_dashboard(
     status, _, _ = _get(base + "/api/runs")
     assert status in (401, 403), "auth is on by default in the container"
 
-    auth = {"Authorization": f"Bearer {token}"}
-    status, headers, body = _get(f"{base}/?token={token}", auth)
+    # A browser arrives once with the printed URL and then holds the cookie.
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    status, headers, body = _get(f"{base}/?token={token}", opener=browser)
     assert status == 200
     assert headers.get("content-type", "").startswith("text/html")
     assert b"<html" in body.lower()
+    status, _, body = _get(base + "/api/runs", opener=browser)
+    assert status == 200, body
 
-    status, headers, body = _get(base + "/static/vendor/plotly.min.js", auth)
-    assert status == 200, "web assets not found from the installed wheel"
+    status, headers, body = _get(base + "/static/vendor/plotly.min.js", opener=browser)
+    assert status == 200, "Plotly.js not served from the installed wheel"
     assert "javascript" in headers.get("content-type", "")
     assert len(body) > 1_000_000 and b"plotly" in body[:5000].lower()
+
+    # The dashboard's own files come from the wheel's server/web.
+    assets = re.findall(rb'(?:src|href)="(/static/[^"]+)"', _get(base + "/", opener=browser)[2])
+    assert any(a.endswith(b".js") and b"vendor" not in a for a in assets), assets
+    for asset in assets:
+        assert _get(base + asset.decode(), opener=browser)[0] == 200, asset
 
     # The image's healthcheck command, run as Docker would (inside the
     # container's environment), passes against this server...
