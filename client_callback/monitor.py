@@ -1,0 +1,381 @@
+"""LiveMonitor: the Keras callback that streams `model.fit` to a fitdeck server."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from typing import Any
+
+import keras
+
+from client_callback.stream import BATCH, EPOCH, RECORD, Stream, encode_value
+
+__all__ = ["LiveMonitor"]
+
+log = logging.getLogger("fitdeck.callback")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+MAX_NAME = 200
+
+
+class LiveMonitor(keras.callbacks.Callback):
+    """Streams every batch and epoch of `fit` to a fitdeck server, live.
+
+    Add it to any `model.fit(..., callbacks=[...])`. Each batch's logs are
+    copied into a bounded in-memory queue and the hook returns at once; a
+    background thread sends them over one WebSocket, resending whatever the
+    server has not acknowledged after a reconnect. From the dashboard you can
+    stop the training or set its learning rate: commands are applied in the
+    training thread at the next batch boundary, through `self.model`, and
+    their outcome is reported back. A dead, slow or hung server costs a
+    warning, never a crash or a stall.
+
+    One instance is one run: calling `fit` again with the same instance
+    continues the run.
+
+    Example:
+
+    ```python
+    from client_callback import LiveMonitor
+
+    model.fit(x, y, epochs=10, callbacks=[LiveMonitor(run_name="baseline")])
+    ```
+
+    Args:
+        url: Address of the fitdeck server. Defaults to the `FITDECK_URL`
+            environment variable, then `http://127.0.0.1:8000`.
+        run_name: Name shown in the dashboard. Defaults to the model's name
+            and the start time.
+        project: Optional group name for runs. Defaults to `None`.
+        token: The server's token. Defaults to the `FITDECK_TOKEN`
+            environment variable, then no token.
+        params: Hyperparameters or notes to show with the run; a dict of
+            JSON-friendly values (others are shown as text). Defaults to `{}`.
+        flush_timeout: Seconds `on_train_end` waits for the server to
+            acknowledge the last records while connected. Defaults to `5.0`.
+        max_buffer: Most records held in memory while the server is away or
+            slow. Defaults to `100_000`.
+        connect_timeout: Seconds to wait when opening the connection.
+            Defaults to `5.0`.
+        ping_timeout: Seconds without an answer to a ping before the link is
+            declared dead and reopened. Defaults to `10.0`.
+
+    Raises:
+        ValueError: on a malformed `url`, over-long names, `params` that is
+            not a dict, or non-positive timeouts and sizes.
+    """
+
+    async_safe = True
+
+    def __init__(
+        self,
+        url: str | None = None,
+        run_name: str | None = None,
+        project: str | None = None,
+        token: str | None = None,
+        params: dict[str, Any] | None = None,
+        *,
+        flush_timeout: float = 5.0,
+        max_buffer: int = 100_000,
+        connect_timeout: float = 5.0,
+        ping_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        url = url or os.environ.get("FITDECK_URL") or DEFAULT_URL
+        token = token or os.environ.get("FITDECK_TOKEN") or None
+        for name, value in (("run_name", run_name), ("project", project)):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME):
+                raise ValueError(
+                    f"{name} must be a string of at most {MAX_NAME} characters. Received {value!r}."
+                )
+        if params is not None and not isinstance(params, dict):
+            raise ValueError(f"params must be a dict. Received {type(params).__name__}.")
+        for name, number in (
+            ("flush_timeout", flush_timeout),
+            ("connect_timeout", connect_timeout),
+            ("ping_timeout", ping_timeout),
+        ):
+            if not number > 0:
+                raise ValueError(f"{name} must be > 0. Received {name}={number!r}.")
+        if not isinstance(max_buffer, int) or max_buffer < 1:
+            raise ValueError(f"max_buffer must be a positive int. Received {max_buffer!r}.")
+
+        self.run_id = uuid.uuid4().hex
+        self.url = url
+        self.run_name = run_name
+        self.project = project
+        self.user_params = _jsonable(params or {})
+        self.flush_timeout = flush_timeout
+        self._stream = Stream(
+            url,
+            self.run_id,
+            token,
+            max_buffer=max_buffer,
+            connect_timeout=connect_timeout,
+            ping_timeout=ping_timeout,
+        )
+        self._buffer = self._stream.buffer
+        self._inbox = self._stream.inbox
+        self._max_buffer = max_buffer
+        self._fits = 0
+        self._epoch = 0
+        self._epoch_base = 0  # global steps completed before the current epoch
+        self._max_batch = -1
+        self._lr: float | None = None
+        self._lr_check = False
+        self._stopped_by_command = False
+
+    # -- the hot path ------------------------------------------------------------
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if batch > self._max_batch:
+            self._max_batch = batch
+        if len(self._buffer) < self._max_buffer:
+            self._buffer.append(
+                (BATCH, self._epoch, batch, self._epoch_base + batch + 1, time.time(),
+                 dict(logs) if logs else {})
+            )  # fmt: skip
+        else:
+            self._stream.overflow()
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._inbox or self._lr_check:
+            self._between_batches(batch)
+
+    # -- once per epoch or fit -------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._fits += 1
+        self._stopped_by_command = False
+        self._record(
+            {
+                "type": "run_start",
+                "t": time.time(),
+                "name": self.run_name or f"{self.model.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                "project": self.project,
+                "params": self.user_params,
+                "meta": self._describe(),
+            }
+        )
+        lr = self._read_lr()
+        self._record_lr(lr, previous=None, source="initial")
+        self._stream.start()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self._max_batch = -1
+        # Schedulers act in on_epoch_begin, possibly after us: look at the first batch.
+        self._lr_check = True
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch_base += self._max_batch + 1
+        self._max_batch = -1
+        self._check_lr("callback")
+        epoch_logs = dict(logs or {})
+        if "learning_rate" not in epoch_logs and self._lr is not None:
+            epoch_logs["learning_rate"] = self._lr
+        self._stream.put((EPOCH, epoch, self._epoch_base, time.time(), epoch_logs))
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        where = self._where(None)
+        while self._inbox:
+            command = self._inbox.popleft()
+            self._command_status(command, "expired", "training ended before the next batch", where)
+        self._check_lr("callback")
+        model = self.model
+        if getattr(model, "stop_training", False) and not self._stopped_by_command:
+            self._record({"type": "event", "t": time.time(), "kind": "early_stop",
+                          "step": self._epoch_base, "epoch": self._epoch,
+                          "data": {"by": "callback"}})  # fmt: skip
+        status = "stopped" if self._stopped_by_command else "finished"
+        self._record({"type": "run_end", "t": time.time(), "status": status, "error": None})
+        left = self._stream.finish(self.flush_timeout)
+        if left:
+            self._stream.warn_once(
+                "unsent",
+                f"fitdeck: {left} records were not acknowledged by the server when training "
+                "ended; they stay in memory and are sent if this LiveMonitor trains again.",
+            )
+
+    # -- commands, applied on the training thread ------------------------------
+
+    def _between_batches(self, batch: int) -> None:
+        if self._lr_check:
+            self._lr_check = False
+            self._check_lr("callback", batch)
+        while self._inbox:
+            self._apply(self._inbox.popleft(), batch)
+
+    def _apply(self, command: dict[str, Any], batch: int) -> None:
+        where = self._where(batch)
+        kind = command.get("kind")
+        try:
+            if kind == "stop":
+                self.model.stop_training = True
+                self._stopped_by_command = True
+            elif kind == "set_lr":
+                reason = self._set_lr(command)
+                if reason is not None:
+                    self._command_status(command, "rejected", reason, where)
+                    return
+            else:
+                self._command_status(command, "rejected", f"unknown command kind {kind!r}", where)
+                return
+        except Exception as exc:  # a command must never raise into fit
+            self._command_status(command, "rejected", f"{type(exc).__name__}: {exc}", where)
+            return
+        self._command_status(command, "applied", None, where)
+
+    def _set_lr(self, command: dict[str, Any]) -> str | None:
+        """Set the learning rate; a reason when it cannot be done."""
+        lr = command.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            return f"learning rate must be a number, got {lr!r}"
+        if not math.isfinite(lr) or lr <= 0:
+            return f"learning rate must be finite and > 0, got {lr!r}"
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return "the model has no optimizer"
+        schedule = _schedule_name(optimizer)
+        if schedule is not None:
+            return (
+                f"the learning rate is given by a {schedule} schedule and cannot be set; "
+                "build the optimizer with a float learning_rate to steer it"
+            )
+        previous = self._read_lr()
+        optimizer.learning_rate = float(lr)
+        self._record_lr(self._read_lr(), previous=previous, source="command",
+                        command_id=command.get("id"))  # fmt: skip
+        return None
+
+    def _command_status(
+        self, command: dict[str, Any], status: str, reason: str | None, where: dict[str, Any]
+    ) -> None:
+        self._record({"type": "command", "t": time.time(), "id": command.get("id"),
+                      "status": status, "reason": reason, **where})  # fmt: skip
+
+    def _where(self, batch: int | None) -> dict[str, Any]:
+        """Epoch, batch index and the global step from which something acts."""
+        step = self._epoch_base + (batch if batch is not None else 0)
+        return {"epoch": self._epoch, "batch": batch, "step": step}
+
+    # -- learning rate -----------------------------------------------------------
+
+    def _read_lr(self) -> float | None:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return None
+        try:
+            return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        except Exception:  # an optimizer without a readable LR: nothing to chart
+            return None
+
+    def _check_lr(self, source: str, batch: int | None = None) -> None:
+        lr = self._read_lr()
+        if lr is not None and lr != self._lr:
+            optimizer = self.model.optimizer
+            if _schedule_name(optimizer) is not None:
+                source = "schedule"
+            self._record_lr(lr, previous=self._lr, source=source, batch=batch)
+
+    def _record_lr(
+        self,
+        lr: float | None,
+        *,
+        previous: float | None,
+        source: str,
+        command_id: int | None = None,
+        batch: int | None = None,
+    ) -> None:
+        if lr is None:
+            return
+        self._lr = lr
+        where = self._where(batch)
+        spe = self.params.get("steps") if self.params else None
+        progress = self._epoch + (where["step"] - self._epoch_base) / spe if spe else self._epoch
+        record = {"type": "lr", "t": time.time(), "step": where["step"], "epoch": progress,
+                  "lr": encode_value(lr), "previous": encode_value(previous),
+                  "source": source}  # fmt: skip
+        if previous is None:
+            record["previous"] = None
+        if command_id is not None:
+            record["command_id"] = command_id
+        self._record(record)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self._stream.put((RECORD, record))
+
+    def _describe(self) -> dict[str, Any]:
+        """What Keras knows about this fit, for the run's header."""
+        model, params = self.model, self.params or {}
+        optimizer = getattr(model, "optimizer", None)
+        meta: dict[str, Any] = {
+            "fit": self._fits,
+            "epochs": params.get("epochs"),
+            "steps_per_epoch": params.get("steps"),
+            "batch_size": params.get("batch_size"),
+            "model_name": getattr(model, "name", None),
+            "keras_version": keras.__version__,
+            "backend": keras.backend.backend(),
+            "lr_schedule": _schedule_name(optimizer) if optimizer is not None else None,
+        }
+        if optimizer is not None:
+            try:
+                config = optimizer.get_config()
+            except Exception:
+                config = {}
+            meta["optimizer"] = {"class_name": type(optimizer).__name__,
+                                 "config": _jsonable(config)}  # fmt: skip
+        try:
+            meta["param_count"] = int(model.count_params())
+            meta["trainable_param_count"] = int(
+                sum(math.prod(w.shape) for w in model.trainable_weights)
+            )
+            meta["layers"] = [_layer(layer) for layer in model.layers]
+        except Exception as exc:  # an unbuilt or exotic model still trains
+            log.debug("could not describe the model: %s", exc)
+        return _jsonable(meta)  # type: ignore[no-any-return]
+
+
+def _layer(layer: Any) -> dict[str, Any]:
+    try:
+        shape = str(layer.output.shape)
+    except Exception:
+        shape = None
+    return {
+        "name": layer.name,
+        "class_name": type(layer).__name__,
+        "output_shape": shape,
+        "params": int(layer.count_params()) if layer.built else 0,
+    }
+
+
+def _schedule_name(optimizer: Any) -> str | None:
+    lr = getattr(optimizer, "_learning_rate", None)
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        return type(lr).__name__
+    if callable(lr) and not hasattr(lr, "assign"):
+        return getattr(lr, "__name__", type(lr).__name__)
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    """A copy made of JSON types: numbers, strings, lists, dicts; anything else as text."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return encode_value(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalar
+        return _jsonable(value.item())
+    return str(value)

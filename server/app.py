@@ -1,0 +1,87 @@
+"""`create_app(settings)`: wires storage, live fan-out, routes and security headers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from server.auth import resolve_token
+from server.deps import AppState
+from server.errors import FitdeckError
+from server.hub import Hub, TrainerLinks
+from server.routes import api, live_ws, train_ws, web
+from server.settings import Settings
+from server.store import Store
+
+__all__ = ["create_app"]
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    store = Store(settings.db)
+    state = AppState(
+        settings=settings,
+        token=resolve_token(settings),
+        store=store,
+        hub=Hub(settings.live_queue_size),
+        trainers=TrainerLinks(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store.open()
+        try:
+            yield
+        finally:
+            store.close()
+
+    app = FastAPI(
+        title="fitdeck", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.fitdeck = state
+
+    @app.exception_handler(FitdeckError)
+    async def fitdeck_error(request: Request, exc: FitdeckError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(400, f"Bad value for {where}: {first.get('msg', 'invalid')}.")
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    app.include_router(api.health_router)
+    app.include_router(api.router)
+    app.include_router(train_ws.router)
+    app.include_router(live_ws.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.WEB_DIR), name="static")
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)

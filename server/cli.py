@@ -1,0 +1,80 @@
+"""The `fitdeck` command line: `serve`, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT, Settings
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fitdeck", description="Live dashboard and remote control for Keras model.fit."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the fitdeck server")
+    _add_server_flags(serve)
+
+    demo = sub.add_parser("demo", help="start a server and stream a real Keras training into it")
+    _add_server_flags(demo)
+    demo.add_argument("--epochs", type=int, default=30, help="epochs to train (default: 30)")
+    demo.add_argument(
+        "--exit", action="store_true", help="stop the server when training ends (default: keep it)"
+    )
+    return parser
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default=None, help=f"interface to bind (env FITDECK_HOST, default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help=f"port (env FITDECK_PORT, default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--db", type=Path, default=None, help=f"SQLite file (env FITDECK_DB, default {DEFAULT_DB})"
+    )
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--token",
+        default=None,
+        help="token clients must send (env FITDECK_TOKEN; default: generated and kept "
+        "beside the database)",
+    )
+    auth.add_argument(
+        "--no-auth", action="store_true", help="turn the token off: anyone who reaches the port"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env(host=args.host, port=args.port, db=args.db, token=args.token)
+    if args.no_auth:
+        settings = Settings(**{**settings.__dict__, "auth": False, "token": None})
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    if args.command == "serve":
+        from server.runner import serve
+
+        serve(settings)
+        return 0
+    if args.command == "demo":
+        from server.demo import run_demo
+
+        return run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

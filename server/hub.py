@@ -1,0 +1,114 @@
+"""Live fan-out to browsers and the command link to connected trainers.
+
+Publishing never waits on a browser: each subscriber has a bounded queue, and
+one whose queue is full is dropped (it reconnects and refetches over HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from server.jsonutil import dumps
+
+__all__ = ["Hub", "Subscriber", "TrainerLinks"]
+
+log = logging.getLogger("fitdeck.hub")
+
+
+class Subscriber:
+    """One `/ws/live` connection: what it follows and what waits to be sent."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize)
+        self.run_ids: frozenset[str] = frozenset()
+        self.overflow = asyncio.Event()
+
+    def offer(self, text: str) -> None:
+        if self.overflow.is_set():
+            return
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflow.set()
+
+
+class Hub:
+    """Every live browser connection of one server."""
+
+    def __init__(self, queue_size: int) -> None:
+        self.queue_size = queue_size
+        self.subscribers: set[Subscriber] = set()
+
+    def add(self) -> Subscriber:
+        sub = Subscriber(self.queue_size)
+        self.subscribers.add(sub)
+        return sub
+
+    def remove(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def run(self, run: dict[str, Any]) -> None:
+        """A run's summary changed: every browser hears of it."""
+        text = dumps({"type": "run", "run": run})
+        for sub in self.subscribers:
+            sub.offer(text)
+
+    def to_run(self, run_id: str, message: dict[str, Any]) -> None:
+        """A message for the browsers following `run_id`."""
+        text: str | None = None
+        for sub in self.subscribers:
+            if run_id in sub.run_ids:
+                if text is None:
+                    text = dumps(message)
+                sub.offer(text)
+
+    def changes(self, run_id: str, changes: Any) -> None:
+        """Push what one write changed (`server.ingest.Changes`)."""
+        if changes.run is not None:
+            self.run(changes.run)
+        for scope, points in changes.points.items():
+            self.to_run(
+                run_id, {"type": "metrics", "run_id": run_id, "scope": scope, "points": points}
+            )
+        for event in changes.events:
+            self.to_run(run_id, {"type": "event", "run_id": run_id, "event": event})
+        for command in changes.commands:
+            self.to_run(run_id, {"type": "command", "run_id": run_id, "command": command})
+
+
+class TrainerLinks:
+    """The `/ws/train` connection of each run that has one, to send it commands."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, Any] = {}
+
+    def attach(self, run_id: str, send: Any) -> Any:
+        """Register `send(text)`; returns the link it replaced, if any."""
+        old = self._links.get(run_id)
+        self._links[run_id] = send
+        return old
+
+    def detach(self, run_id: str, send: Any) -> None:
+        if self._links.get(run_id) is send:
+            del self._links[run_id]
+
+    def connected(self, run_id: str) -> bool:
+        return run_id in self._links
+
+    async def send_command(self, run_id: str, command: dict[str, Any]) -> bool:
+        send = self._links.get(run_id)
+        if send is None:
+            return False
+        frame = {"type": "command", "command": command_frame(command)}
+        try:
+            await send(dumps(frame))
+        except Exception as exc:  # the trainer's link is going away; it gets it on reconnect
+            log.info("could not deliver command %s to run %s: %s", command["id"], run_id, exc)
+            return False
+        return True
+
+
+def command_frame(command: dict[str, Any]) -> dict[str, Any]:
+    return {"id": command["id"], "kind": command["kind"], "lr": command["lr"]}

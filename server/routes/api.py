@@ -1,0 +1,146 @@
+"""JSON routes under /api (see docs/http_api.md)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sqlite3
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from server import ingest
+from server.deps import Authorized, StateDep
+from server.errors import BadRequest
+from server.jsonutil import encode_number
+
+__all__ = ["health_router", "router"]
+
+health_router = APIRouter()
+router = APIRouter(prefix="/api", dependencies=[Authorized])
+
+MAX_POINTS_LIMIT = 20_000
+
+
+@health_router.get("/api/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/runs")
+def list_runs(state: StateDep) -> dict[str, Any]:
+    return {"runs": state.store.list_runs()}
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: str, state: StateDep) -> dict[str, Any]:
+    run = state.store.get_run(run_id)
+    return {"run": run, "keys": state.store.run_keys(run_id)}
+
+
+@router.get("/runs/{run_id}/metrics")
+def metrics(
+    run_id: str,
+    state: StateDep,
+    scope: str = "epoch",
+    key: Annotated[list[str] | None, Query()] = None,
+    max_points: int = 2000,
+    start: int | None = None,
+    end: int | None = None,
+) -> dict[str, Any]:
+    if scope not in ("epoch", "batch"):
+        raise BadRequest(f"scope must be 'epoch' or 'batch', got {scope!r}.")
+    if not 2 <= max_points <= MAX_POINTS_LIMIT:
+        raise BadRequest(f"max_points must be between 2 and {MAX_POINTS_LIMIT}, got {max_points}.")
+    state.store.get_run(run_id)  # 404 for an unknown run
+    series = state.store.metrics(run_id, scope, key, max_points, start, end)
+    return {
+        "run_id": run_id,
+        "scope": scope,
+        "series": {
+            name: {
+                "step": [p.step for p in points],
+                "epoch": [p.epoch for p in points],
+                "t": [p.t for p in points],
+                "value": [encode_number(p.value) for p in points],
+                "downsampled": downsampled,
+            }
+            for name, (points, downsampled) in series.items()
+        },
+    }
+
+
+@router.get("/runs/{run_id}/events")
+def events(run_id: str, state: StateDep) -> dict[str, Any]:
+    state.store.get_run(run_id)
+    return {"events": state.store.events(run_id)}
+
+
+@router.get("/runs/{run_id}/commands")
+def list_commands(run_id: str, state: StateDep) -> dict[str, Any]:
+    state.store.get_run(run_id)
+    return {"commands": state.store.commands(run_id)}
+
+
+@router.post("/runs/{run_id}/commands", status_code=202)
+async def post_command(run_id: str, request: Request, state: StateDep) -> Response:
+    kind, lr = parse_command(await request.body())
+    command = await state.store.write(lambda c: ingest.create_command(c, run_id, kind, lr))
+    state.hub.to_run(run_id, {"type": "command", "run_id": run_id, "command": command})
+    await state.trainers.send_command(run_id, command)
+    return JSONResponse({"command": command}, status_code=202)
+
+
+def parse_command(body: bytes) -> tuple[str, float | None]:
+    payload = ingest.load_json(body.decode("utf-8", errors="replace") or "null")
+    if not isinstance(payload, dict):
+        raise BadRequest('The body must be a JSON object such as {"kind": "stop"}.')
+    kind = payload.get("kind")
+    if kind == "stop":
+        return kind, None
+    if kind == "set_lr":
+        lr = payload.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            raise BadRequest(f"set_lr needs a number 'lr', got {lr!r}.")
+        if not math.isfinite(lr) or lr <= 0:
+            raise BadRequest(f"The learning rate must be a finite number > 0, got {lr!r}.")
+        return kind, float(lr)
+    raise BadRequest(f"Unknown command kind {kind!r}; expected 'stop' or 'set_lr'.")
+
+
+@router.get("/runs/{run_id}/export.csv")
+def export_csv(run_id: str, state: StateDep) -> StreamingResponse:
+    run = state.store.get_run(run_id)
+    filename = f"fitdeck-{run_id[:8]}.csv"
+
+    def rows() -> Iterator[str]:
+        # Its own connection: a streamed body is pulled from more than one thread.
+        conn = sqlite3.connect(state.store.path, check_same_thread=False)
+        try:
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["scope", "key", "step", "epoch", "t", "value"])
+            cursor = conn.execute(
+                "SELECT s.scope, s.key, p.step, p.epoch, p.t, p.value FROM series s"
+                " JOIN points p ON p.series_id = s.id WHERE s.run_id = ?"
+                " ORDER BY s.scope, s.key, p.step",
+                (run["id"],),
+            )
+            while batch := cursor.fetchmany(5000):
+                for scope, key, step, epoch, t, value in batch:
+                    writer.writerow([scope, key, step, epoch, t, "nan" if value is None else value])
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+            yield buf.getvalue()
+        finally:
+            conn.close()
+
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -1,0 +1,83 @@
+"""`/ws/live`: runs, points, events and commands pushed to the dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from server.auth import is_authorized, origin_allowed
+from server.deps import StateDep
+from server.hub import Subscriber
+from server.ingest import load_json
+from server.jsonutil import dumps
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_SUBSCRIPTIONS = 64
+TRY_AGAIN_LATER = 1013
+
+
+@router.websocket("/ws/live")
+async def live_ws(ws: WebSocket, state: StateDep) -> None:
+    await ws.accept()
+    if not origin_allowed(ws):
+        await ws.close(1008, "Origin not allowed.")
+        return
+    if not is_authorized(ws, state.token):
+        await ws.close(1008, "Missing or wrong token.")
+        return
+    sub = state.hub.add()
+    tasks = [
+        asyncio.create_task(_pump(ws, sub)),
+        asyncio.create_task(_listen(ws, sub)),
+        asyncio.create_task(sub.overflow.wait()),
+    ]
+    try:
+        sub.offer(dumps({"type": "hello", "time": time.time()}))
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if tasks[2] in done:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(TRY_AGAIN_LATER, "subscriber too slow"), 1.0)
+    finally:
+        state.hub.remove(sub)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _pump(ws: WebSocket, sub: Subscriber) -> None:
+    while True:
+        await ws.send_text(await sub.queue.get())
+
+
+async def _listen(ws: WebSocket, sub: Subscriber) -> None:
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            text = await ws.receive_text()
+            try:
+                message = load_json(text)
+            except Exception as exc:
+                sub.offer(dumps({"type": "error", "message": str(exc)}))
+                continue
+            run_ids = message.get("run_ids") if isinstance(message, dict) else None
+            if (
+                not isinstance(message, dict)
+                or message.get("type") != "subscribe"
+                or not isinstance(run_ids, list)
+                or len(run_ids) > MAX_SUBSCRIPTIONS
+                or not all(isinstance(r, str) and RUN_ID.match(r) for r in run_ids)
+            ):
+                error = (
+                    'Expected {"type": "subscribe", "run_ids": [...]} with at most '
+                    f"{MAX_SUBSCRIPTIONS} run ids."
+                )
+                sub.offer(dumps({"type": "error", "message": error}))
+                continue
+            sub.run_ids = frozenset(run_ids)

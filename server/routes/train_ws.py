@@ -1,0 +1,138 @@
+"""`/ws/train`: the callback streams records in, commands go back out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from server import ingest
+from server.auth import is_authorized, origin_allowed
+from server.deps import AppState, StateDep
+from server.errors import BadRequest
+from server.hub import command_frame
+from server.jsonutil import dumps
+
+__all__ = ["router"]
+
+log = logging.getLogger("fitdeck.train")
+router = APIRouter()
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+HELLO_TIMEOUT = 10.0
+POLICY = 1008
+UNSUPPORTED = 1003
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@router.websocket("/ws/train")
+async def train_ws(ws: WebSocket, state: StateDep) -> None:
+    await ws.accept()
+    if not origin_allowed(ws):
+        await ws.close(POLICY, "Origin not allowed.")
+        return
+    if not is_authorized(ws, state.token):
+        await ws.close(POLICY, "Missing or wrong token.")
+        return
+    run_id: str | None = None
+    send_lock = asyncio.Lock()
+
+    async def send(text: str) -> None:
+        async with send_lock:
+            await ws.send_text(text)
+
+    try:
+        run_id = await _hello(ws)
+        connected = await state.store.write(
+            lambda c: ingest.mark_connected(c, state.store.cache, run_id)
+        )
+        state.hub.changes(run_id, connected)
+        old = state.trainers.attach(run_id, send)
+        if old is not None:
+            log.info("run %s: a newer connection replaces the previous one", run_id)
+        await send(dumps({"type": "welcome", "run_id": run_id, "last_seq": connected.last_seq}))
+        for command in await state.store.write(lambda c: ingest.unfinished_commands(c, run_id)):
+            await send(dumps({"type": "command", "command": command_frame(command)}))
+        while True:
+            await _receive(ws, state, run_id, send)
+    except WebSocketDisconnect:
+        pass
+    except ProtocolError as exc:
+        log.warning("run %s: closing trainer connection: %s", run_id, exc.reason)
+        if ws.client_state is WebSocketState.CONNECTED:
+            await ws.close(exc.code, exc.reason[:120])
+    finally:
+        if run_id is not None:
+            state.trainers.detach(run_id, send)
+            if not state.trainers.connected(run_id):  # only a `running` run is affected
+                lost = await state.store.write(
+                    lambda c: ingest.mark_disconnected(c, state.store.cache, run_id)
+                )
+                state.hub.changes(run_id, lost)
+
+
+async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
+    message = await asyncio.wait_for(ws.receive(), timeout)
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if text is None:
+        raise ProtocolError(UNSUPPORTED, "Binary frames are not supported; send JSON text.")
+    try:
+        return ingest.load_json(text)
+    except BadRequest as exc:
+        raise ProtocolError(POLICY, exc.message) from None
+
+
+async def _hello(ws: WebSocket) -> str:
+    try:
+        hello = await _frame(ws, HELLO_TIMEOUT)
+    except TimeoutError:
+        raise ProtocolError(POLICY, "No hello within 10 seconds.") from None
+    if not isinstance(hello, dict) or hello.get("type") != "hello":
+        raise ProtocolError(POLICY, "The first frame must be a hello.")
+    if hello.get("protocol") != 1:
+        raise ProtocolError(POLICY, f"Unsupported protocol {hello.get('protocol')!r}; this is 1.")
+    run_id = hello.get("run_id")
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise ProtocolError(POLICY, f"run_id must be 32 lowercase hex characters, got {run_id!r}.")
+    return run_id
+
+
+async def _receive(ws: WebSocket, state: AppState, run_id: str, send: Any) -> None:
+    """Handle one `records` frame: validate, store, ack, push live."""
+    frame = await _frame(ws)
+    if not isinstance(frame, dict) or frame.get("type") != "records":
+        kind = frame.get("type") if isinstance(frame, dict) else type(frame).__name__
+        await send(dumps({"type": "error", "message": f"Unknown frame type {kind!r}."}))
+        return
+    try:
+        records, errors = ingest.validate_records(
+            frame.get("records"), state.settings.max_keys_per_record
+        )
+    except BadRequest as exc:
+        await send(dumps({"type": "error", "message": exc.message}))
+        return
+    for message in errors:
+        await send(dumps({"type": "error", "message": message}))
+    try:
+        changes = await state.store.write(
+            lambda c: ingest.apply_records(c, state.store.cache, run_id, records)
+        )
+    except BadRequest as exc:
+        raise ProtocolError(POLICY, exc.message) from None
+    state.hub.changes(run_id, changes)
+    seqs = [
+        r["seq"] for r in frame["records"] if isinstance(r, dict) and isinstance(r.get("seq"), int)
+    ]
+    await send(dumps({"type": "ack", "seq": max([changes.last_seq, *seqs])}))

@@ -1,0 +1,412 @@
+"""SQLite storage: one writer thread that commits in batches, reads beside it.
+
+Every write is a function run on the writer thread inside a transaction that
+also holds whatever else was queued meanwhile (`BEGIN IMMEDIATE` … `COMMIT`),
+each under its own savepoint so one bad task cannot spoil its neighbours.
+Reads use per-thread connections; WAL mode lets them run during writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+from server import downsample
+from server.downsample import Point
+from server.errors import NotFound
+
+__all__ = ["ENDED", "Store"]
+
+log = logging.getLogger("fitdeck.store")
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], T]
+
+ENDED = frozenset({"finished", "stopped", "failed"})
+"""Run statuses after which no command can apply."""
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    project TEXT,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    ended_at REAL,
+    params TEXT NOT NULL DEFAULT '{}',
+    meta TEXT NOT NULL DEFAULT '{}',
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    epoch INTEGER,
+    step INTEGER NOT NULL DEFAULT 0,
+    lr REAL,
+    last_metrics TEXT NOT NULL DEFAULT '{}',
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    UNIQUE (run_id, scope, key)
+);
+CREATE TABLE IF NOT EXISTS points (
+    series_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    epoch REAL,
+    t REAL,
+    value REAL,
+    PRIMARY KEY (series_id, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tiers (
+    series_id INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    min_step INTEGER, min_epoch REAL, min_t REAL, min_v REAL,
+    max_step INTEGER, max_epoch REAL, max_t REAL, max_v REAL,
+    nan_step INTEGER, nan_epoch REAL, nan_t REAL,
+    PRIMARY KEY (series_id, level, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    t REAL NOT NULL,
+    kind TEXT NOT NULL,
+    step INTEGER,
+    epoch REAL,
+    data TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    lr REAL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    epoch INTEGER,
+    batch INTEGER,
+    step INTEGER
+);
+CREATE INDEX IF NOT EXISTS commands_by_run ON commands (run_id, id);
+"""
+
+TIER_UPSERT = """
+INSERT INTO tiers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (series_id, level, bucket) DO UPDATE SET
+    min_step = CASE WHEN excluded.min_v < min_v OR min_v IS NULL AND excluded.min_v IS NOT NULL
+                    THEN excluded.min_step ELSE min_step END,
+    min_epoch = CASE WHEN excluded.min_v < min_v OR min_v IS NULL AND excluded.min_v IS NOT NULL
+                    THEN excluded.min_epoch ELSE min_epoch END,
+    min_t = CASE WHEN excluded.min_v < min_v OR min_v IS NULL AND excluded.min_v IS NOT NULL
+                    THEN excluded.min_t ELSE min_t END,
+    max_step = CASE WHEN excluded.max_v > max_v OR max_v IS NULL AND excluded.max_v IS NOT NULL
+                    THEN excluded.max_step ELSE max_step END,
+    max_epoch = CASE WHEN excluded.max_v > max_v OR max_v IS NULL AND excluded.max_v IS NOT NULL
+                    THEN excluded.max_epoch ELSE max_epoch END,
+    max_t = CASE WHEN excluded.max_v > max_v OR max_v IS NULL AND excluded.max_v IS NOT NULL
+                    THEN excluded.max_t ELSE max_t END,
+    nan_step = CASE WHEN excluded.nan_step < nan_step OR nan_step IS NULL
+                    THEN excluded.nan_step ELSE nan_step END,
+    nan_epoch = CASE WHEN excluded.nan_step < nan_step OR nan_step IS NULL
+                    THEN excluded.nan_epoch ELSE nan_epoch END,
+    nan_t = CASE WHEN excluded.nan_step < nan_step OR nan_step IS NULL
+                    THEN excluded.nan_t ELSE nan_t END,
+    min_v = CASE WHEN excluded.min_v < min_v OR min_v IS NULL THEN excluded.min_v ELSE min_v END,
+    max_v = CASE WHEN excluded.max_v > max_v OR max_v IS NULL THEN excluded.max_v ELSE max_v END
+"""
+# min_v/max_v are assigned last: SQLite evaluates every SET expression against
+# the old row, but keeping them last makes that reading obvious.
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+class Store:
+    """The database behind one server: runs, metric points, events, commands."""
+
+    def __init__(self, path: Path, *, batch_tasks: int = 512) -> None:
+        self.path = Path(path)
+        self._batch_tasks = batch_tasks
+        self._queue: queue.SimpleQueue[tuple[WriteFn[Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._writer: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.cache: dict[str, Any] = {}
+        """Writer-thread-only memo (series ids, run sequence numbers)."""
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # No trainer is connected to a fresh server: whatever was running lost its stream.
+        conn.execute(
+            "UPDATE runs SET status = 'disconnected', updated_at = ? WHERE status = 'running'",
+            (time.time(),),
+        )
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="fitdeck-writer", daemon=True
+        )
+        self._writer.start()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+            self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # -- writes --------------------------------------------------------------
+
+    def submit(self, fn: WriteFn[T]) -> Future[T]:
+        """Run `fn(conn)` on the writer thread inside a batched transaction."""
+        future: Future[T] = Future()
+        self._queue.put((fn, future))
+        return future
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            tasks = [item]
+            stop = False
+            while len(tasks) < self._batch_tasks:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                tasks.append(nxt)
+            self._run_batch(conn, tasks)
+            if stop:
+                break
+        conn.execute("PRAGMA optimize")
+        conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, tasks: list[tuple[WriteFn[Any], Future[Any]]]
+    ) -> None:
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in tasks:
+                conn.execute("SAVEPOINT task")
+                try:
+                    result = fn(conn)
+                except Exception as exc:  # handed to the caller, not lost
+                    conn.execute("ROLLBACK TO task")
+                    conn.execute("RELEASE task")
+                    results.append((future, None, exc))
+                else:
+                    conn.execute("RELEASE task")
+                    results.append((future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.exception("write batch of %d tasks failed", len(tasks))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.cache.clear()  # the memo may describe rows that were rolled back
+            results = [(future, None, exc) for _fn, future in tasks]
+        for future, result, error in results:
+            # A caller that stopped waiting (cancelled) still had its write done.
+            with suppress(InvalidStateError):
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+    # -- reads ---------------------------------------------------------------
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        yield conn
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self.reader() as conn:
+            rows = conn.execute("SELECT * FROM runs ORDER BY created_at DESC").fetchall()
+        return [run_dict(r) for r in rows]
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        with self.reader() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"No run with id {run_id!r}.")
+        return run_dict(row)
+
+    def run_keys(self, run_id: str) -> dict[str, list[str]]:
+        keys: dict[str, list[str]] = {"batch": [], "epoch": []}
+        with self.reader() as conn:
+            for row in conn.execute(
+                "SELECT scope, key FROM series WHERE run_id = ? ORDER BY key", (run_id,)
+            ):
+                keys.setdefault(row["scope"], []).append(row["key"])
+        return keys
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        with self.reader() as conn:
+            rows = conn.execute(
+                "SELECT * FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+            ).fetchall()
+        return [event_dict(r) for r in rows]
+
+    def commands(self, run_id: str) -> list[dict[str, Any]]:
+        with self.reader() as conn:
+            rows = conn.execute(
+                "SELECT * FROM commands WHERE run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
+        return [command_dict(r) for r in rows]
+
+    def metrics(
+        self,
+        run_id: str,
+        scope: str,
+        keys: Sequence[str] | None,
+        max_points: int,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> dict[str, tuple[list[Point], bool]]:
+        """Per key: the points in [start, end], downsampled to `max_points`."""
+        out: dict[str, tuple[list[Point], bool]] = {}
+        with self.reader() as conn:
+            sql = "SELECT id, key FROM series WHERE run_id = ? AND scope = ?"
+            args: list[Any] = [run_id, scope]
+            if keys:
+                sql += f" AND key IN ({','.join('?' * len(keys))})"
+                args.extend(keys)
+            for row in conn.execute(sql, args).fetchall():
+                out[row["key"]] = self._series(conn, row["id"], max_points, start, end)
+        return out
+
+    def _series(
+        self,
+        conn: sqlite3.Connection,
+        series_id: int,
+        max_points: int,
+        start: int | None,
+        end: int | None,
+    ) -> tuple[list[Point], bool]:
+        first, last = conn.execute(
+            "SELECT min(step), max(step) FROM points WHERE series_id = ?", (series_id,)
+        ).fetchone()
+        if first is None:
+            return [], False
+        lo = first if start is None else max(start, first)
+        hi = last if end is None else min(end, last)
+        if lo > hi:
+            return [], False
+
+        def raw(a: int, b: int, limit: int = -1) -> list[Point]:
+            return [
+                Point(*r)
+                for r in conn.execute(
+                    "SELECT step, epoch, t, value FROM points"
+                    " WHERE series_id = ? AND step BETWEEN ? AND ? ORDER BY step LIMIT ?",
+                    (series_id, a, b, limit),
+                )
+            ]
+
+        head = raw(lo, hi, max_points + 1)
+        if len(head) <= max_points:
+            return head, False
+
+        def tiers(level: int, b0: int, b1: int) -> list[Point]:
+            pts: list[Point] = []
+            for r in conn.execute(
+                "SELECT min_step, min_epoch, min_t, min_v, max_step, max_epoch, max_t, max_v,"
+                " nan_step, nan_epoch, nan_t FROM tiers"
+                " WHERE series_id = ? AND level = ? AND bucket BETWEEN ? AND ?",
+                (series_id, level, b0, b1),
+            ):
+                if r[0] is not None:
+                    pts.append(Point(r[0], r[1], r[2], r[3]))
+                    pts.append(Point(r[4], r[5], r[6], r[7]))
+                if r[8] is not None:
+                    pts.append(Point(r[8], r[9], r[10], None))
+            return pts
+
+        level = downsample.choose_level(hi - lo + 1, max_points)
+        candidates = downsample.collect(raw, tiers, lo, hi, level)
+        return downsample.bucket_min_max(candidates, lo, hi, max_points), True
+
+
+# -- row shapes ---------------------------------------------------------------
+
+
+def run_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "project": row["project"],
+        "status": row["status"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "ended_at": row["ended_at"],
+        "params": json.loads(row["params"]),
+        "meta": json.loads(row["meta"]),
+        "epoch": row["epoch"],
+        "step": row["step"],
+        "lr": row["lr"],
+        "last_metrics": json.loads(row["last_metrics"]),
+        "error": json.loads(row["error"]) if row["error"] else None,
+    }
+
+
+def event_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "run_id": row["run_id"],
+        "seq": row["seq"],
+        "t": row["t"],
+        "kind": row["kind"],
+        "step": row["step"],
+        "epoch": row["epoch"],
+        "data": json.loads(row["data"]),
+    }
+
+
+def command_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row has no items())
