@@ -217,7 +217,7 @@ class LiveMonitor(keras.callbacks.Callback):
                 self.model.stop_training = True
                 self._stopped_by_command = True
             elif kind == "set_lr":
-                reason = self._set_lr(command)
+                reason = self._set_lr(command, batch)
                 if reason is not None:
                     self._command_status(command, "rejected", reason, where)
                     return
@@ -229,7 +229,7 @@ class LiveMonitor(keras.callbacks.Callback):
             return
         self._command_status(command, "applied", None, where)
 
-    def _set_lr(self, command: dict[str, Any]) -> str | None:
+    def _set_lr(self, command: dict[str, Any], batch: int) -> str | None:
         """Set the learning rate; a reason when it cannot be done."""
         lr = command.get("lr")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
@@ -248,7 +248,7 @@ class LiveMonitor(keras.callbacks.Callback):
         previous = self._read_lr()
         optimizer.learning_rate = float(lr)
         self._record_lr(self._read_lr(), previous=previous, source="command",
-                        command_id=command.get("id"))  # fmt: skip
+                        command_id=command.get("id"), batch=batch)  # fmt: skip
         return None
 
     def _command_status(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from server.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT, Settings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "settings_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +61,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.command == "serve":
         from server.runner import serve
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,17 +45,43 @@ class Settings:
     """Seconds without a pong before a trainer's link is declared dead."""
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
-        """Settings from `FITDECK_*` variables, then explicit overrides (flags)."""
-        env = dict(os.environ if env is None else env)
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from `FITDECK_*` variables, then explicit overrides (flags).
+
+        Empty variables count as unset; a variable whose flag was given is not read.
+
+        Raises:
+            ValueError: a variable that is read holds a bad value.
+        """
+        env = os.environ if env is None else env
         values: dict[str, object] = {}
-        if "FITDECK_HOST" in env:
-            values["host"] = env["FITDECK_HOST"]
-        if "FITDECK_PORT" in env:
-            values["port"] = int(env["FITDECK_PORT"])
-        if "FITDECK_DB" in env:
-            values["db"] = Path(env["FITDECK_DB"])
-        if env.get("FITDECK_TOKEN"):
-            values["token"] = env["FITDECK_TOKEN"]
+        for name, var, parse in _ENV:
+            raw = env.get(var, "").strip()
+            if raw and overrides.get(name) is None:
+                try:
+                    values[name] = parse(raw)
+                except ValueError:
+                    raise ValueError(f"{var} must be {_ENV_HELP[var]}, got {raw!r}.") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError(raw)
+    return port
+
+
+_ENV: list[tuple[str, str, Callable[[str], object]]] = [
+    ("host", "FITDECK_HOST", str),
+    ("port", "FITDECK_PORT", _port),
+    ("db", "FITDECK_DB", Path),
+    ("token", "FITDECK_TOKEN", str),
+]
+_ENV_HELP = {
+    "FITDECK_HOST": "a host name or address",
+    "FITDECK_PORT": "a port number (0-65535)",
+    "FITDECK_DB": "a file path",
+    "FITDECK_TOKEN": "a token",
+}

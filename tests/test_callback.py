@@ -1,0 +1,217 @@
+"""LiveMonitor against a real server with a real `model.fit`."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ServerProcess, callback, make_data, make_model
+
+keras = pytest.importorskip("keras")
+from client_callback import LiveMonitor  # noqa: E402
+
+
+def monitor(server: ServerProcess, **kwargs: Any) -> LiveMonitor:
+    return LiveMonitor(url=server.url, token=server.token, **kwargs)
+
+
+def slow(seconds: float) -> Any:
+    """Makes each batch last a little, so commands meet a running fit."""
+    return callback(on_train_batch_end=lambda self, batch, logs=None: time.sleep(seconds))
+
+
+def post_at(server: ServerProcess, run_id: str, batch: int, body: dict[str, Any]) -> Any:
+    """Posts a command from inside fit, at the end of the given global batch."""
+    state: dict[str, Any] = {"seen": 0, "posted_at": None, "response": None}
+
+    def on_train_batch_end(self: Any, b: int, logs: Any = None) -> None:
+        state["seen"] += 1
+        if state["seen"] == batch:
+            state["response"] = server.client.post(f"/api/runs/{run_id}/commands", json=body)
+            state["posted_at"] = state["seen"]
+
+    cb = callback(on_train_batch_end=on_train_batch_end)
+    cb.state = state
+    return cb
+
+
+def test_every_batch_and_epoch_is_stored_once_equal_to_what_keras_logged(
+    server: ServerProcess,
+) -> None:
+    x, y = make_data(256)
+    model = make_model()
+    batches: list[dict[str, float]] = []
+    recorder = callback(on_train_batch_end=lambda self, b, logs=None: batches.append(dict(logs)))
+    mon = monitor(server, run_name="exactly-once", project="tests", params={"units": 16})
+    history = model.fit(
+        x, y, epochs=3, batch_size=32, validation_split=0.25, callbacks=[mon, recorder], verbose=0
+    )
+
+    run = server.run(mon.run_id)
+    assert run["status"] == "finished"
+    assert run["name"] == "exactly-once" and run["project"] == "tests"
+    assert run["params"] == {"units": 16}
+    assert run["meta"]["epochs"] == 3 and run["meta"]["steps_per_epoch"] == 6
+    assert run["meta"]["optimizer"]["class_name"] == "SGD"
+    assert run["meta"]["param_count"] == model.count_params()
+    assert [layer["class_name"] for layer in run["meta"]["layers"]] == ["Dense", "Dense"]
+
+    for key, values in history.history.items():
+        series = server.series(mon.run_id, "epoch", key)
+        assert series["value"] == values, key
+        assert series["epoch"] == [0, 1, 2]
+        assert series["step"] == [6, 12, 18]
+
+    assert len(batches) == 18
+    for key in ("loss", "accuracy"):
+        series = server.series(mon.run_id, "batch", key)
+        assert series["step"] == list(range(1, 19))
+        assert series["value"] == [b[key] for b in batches]
+        assert series["downsampled"] is False
+
+    exported = list(
+        csv.DictReader(server.client.get(f"/api/runs/{mon.run_id}/export.csv").text.splitlines())
+    )
+    assert sum(1 for r in exported if r["scope"] == "batch" and r["key"] == "loss") == 18
+
+
+def test_stop_command_ends_fit_early_and_is_applied(server: ServerProcess) -> None:
+    x, y = make_data(256)
+    model = make_model()
+    mon = monitor(server, run_name="stop-me")
+    poster = post_at(server, mon.run_id, batch=10, body={"kind": "stop"})
+    history = model.fit(
+        x, y, epochs=30, batch_size=32, callbacks=[mon, poster, slow(0.02)], verbose=0
+    )
+
+    assert poster.state["response"].status_code == 202
+    assert len(history.epoch) < 30
+    assert server.run(mon.run_id)["status"] == "stopped"
+    (command,) = server.commands(mon.run_id)
+    assert command["kind"] == "stop" and command["status"] == "applied"
+    assert command["step"] >= 10 and command["epoch"] == command["step"] // 8
+    assert command["batch"] == command["step"] % 8
+    # fit returned after the batch during which the command was applied
+    assert server.run(mon.run_id)["step"] == command["step"] + 1
+
+
+def test_set_lr_command_changes_the_optimizer_within_one_batch(server: ServerProcess) -> None:
+    x, y = make_data(256)
+    model = make_model(lr=0.01)
+    lrs: list[float] = []
+    probe = callback(
+        on_train_batch_begin=lambda self, b, logs=None: lrs.append(
+            float(self.model.optimizer.learning_rate)
+        )
+    )
+    mon = monitor(server, run_name="set-lr")
+    poster = post_at(server, mon.run_id, batch=5, body={"kind": "set_lr", "lr": 0.25})
+    model.fit(x, y, epochs=4, batch_size=32, callbacks=[mon, probe, poster, slow(0.05)], verbose=0)
+
+    (command,) = server.commands(mon.run_id)
+    assert command["status"] == "applied", command
+    # posted after batch 5 completed; applied before the 6th or 7th batch ran
+    assert 5 <= command["step"] <= 6
+    assert lrs[command["step"]] == pytest.approx(0.25)
+    assert all(lr == pytest.approx(0.01) for lr in lrs[: command["step"]])
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.25)
+
+    lr_series = server.series(mon.run_id, "batch", "learning_rate")
+    assert lr_series["step"] == [0, command["step"]]
+    assert lr_series["value"] == [pytest.approx(0.01), pytest.approx(0.25)]
+    epoch_lr = server.series(mon.run_id, "epoch", "learning_rate")["value"]
+    assert epoch_lr[-1] == pytest.approx(0.25)
+    events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
+    change = next(e for e in events if e["kind"] == "lr_change")
+    assert change["data"]["source"] == "command" and change["data"]["command_id"] == command["id"]
+
+
+def test_set_lr_on_a_schedule_is_rejected_and_training_finishes(server: ServerProcess) -> None:
+    x, y = make_data(256)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=10, decay_rate=0.9)
+    model = make_model(lr=schedule)
+    mon = monitor(server, run_name="schedule")
+    poster = post_at(server, mon.run_id, batch=3, body={"kind": "set_lr", "lr": 0.1})
+    history = model.fit(
+        x, y, epochs=3, batch_size=32, callbacks=[mon, poster, slow(0.02)], verbose=0
+    )
+
+    assert len(history.epoch) == 3
+    run = server.run(mon.run_id)
+    assert run["status"] == "finished"
+    assert run["meta"]["lr_schedule"] == "ExponentialDecay"
+    (command,) = server.commands(mon.run_id)
+    assert command["status"] == "rejected"
+    assert "ExponentialDecay" in command["reason"] and "cannot be set" in command["reason"]
+    # the schedule's decay shows in the LR series, once per epoch
+    lr_values = server.series(mon.run_id, "epoch", "learning_rate")["value"]
+    assert lr_values == sorted(lr_values, reverse=True) and lr_values[0] < 0.05
+
+
+def test_works_beside_the_keras_callbacks(server: ServerProcess, tmp_path: Path) -> None:
+    x, y = make_data(256)
+    model = make_model(lr=0.01)
+    mon = monitor(server, run_name="beside-keras")
+    csv_path = tmp_path / "log.csv"
+    ckpt = tmp_path / "best.keras"
+    history = model.fit(
+        x,
+        y,
+        epochs=10,
+        batch_size=64,
+        validation_split=0.25,
+        verbose=0,
+        callbacks=[
+            mon,
+            # never "improves" after the first epoch: stops after epoch index 2
+            keras.callbacks.EarlyStopping(monitor="loss", min_delta=1e9, patience=2),
+            # halves the LR at the end of epochs 1 and 2
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="loss", min_delta=1e9, patience=0, factor=0.5
+            ),
+            keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=False),
+            keras.callbacks.CSVLogger(str(csv_path)),
+            keras.callbacks.TerminateOnNaN(),
+        ],
+    )
+
+    assert history.epoch == [0, 1, 2]  # EarlyStopping still stops
+    assert ckpt.exists()  # ModelCheckpoint still saves
+    rows = list(csv.DictReader(csv_path.read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # CSVLogger still logs
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0025)  # ROP still reduces
+
+    run = server.run(mon.run_id)
+    assert run["status"] == "finished"
+    lr = server.series(mon.run_id, "batch", "learning_rate")
+    assert lr["value"] == [pytest.approx(0.01), pytest.approx(0.005), pytest.approx(0.0025)]
+    # each reduction is recorded at the step from which it applies: the end of its epoch
+    assert lr["step"] == [0, 6, 9]
+    events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
+    changes = [e for e in events if e["kind"] == "lr_change"]
+    assert [e["data"]["source"] for e in changes] == ["callback", "callback"]
+    assert any(e["kind"] == "early_stop" for e in events)
+
+
+def test_terminate_on_nan_stops_and_the_nan_is_stored(server: ServerProcess) -> None:
+    x, y = make_data(128)
+    y[40:] = math.nan  # the loss becomes NaN on the second batch
+    model = make_model()
+    mon = monitor(server, run_name="diverges")
+    history = model.fit(
+        x, y, epochs=3, batch_size=32, shuffle=False, verbose=0,
+        callbacks=[mon, keras.callbacks.TerminateOnNaN()],
+    )  # fmt: skip
+
+    assert len(history.epoch) == 1
+    loss = server.series(mon.run_id, "batch", "loss")
+    assert loss["step"] == [1, 2]
+    assert isinstance(loss["value"][0], float) and loss["value"][1] == "NaN"
+    assert server.run(mon.run_id)["status"] == "finished"
+    events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
+    assert any(e["kind"] == "early_stop" for e in events)
