@@ -21,7 +21,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_NAME = 200
 
 
-class LiveMonitor(keras.callbacks.Callback):
+class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     """Streams every batch and epoch of `fit` to a fitdeck server, live.
 
     Add it to any `model.fit(..., callbacks=[...])`. Each batch's logs are

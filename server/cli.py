@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from server.demo import run_demo
 
-        return run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
+        code: int = run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
+        return code
     raise AssertionError(args.command)  # pragma: no cover
 
 

@@ -10,7 +10,7 @@ import uvicorn
 from server.app import create_app
 from server.settings import Settings
 
-__all__ = ["dashboard_url", "serve", "uvicorn_config"]
+__all__ = ["app_token", "dashboard_url", "serve", "uvicorn_config"]
 
 log = logging.getLogger("fitdeck")
 
@@ -41,15 +41,17 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 def serve(settings: Settings) -> None:
     config = uvicorn_config(settings)
-    server = uvicorn.Server(config)
-    token = config.app.state.fitdeck.token
+    token = app_token(config)
     if token is None:
         log.warning(
             "auth is OFF (--no-auth): anyone who can reach %s may steer training", settings.host
         )
-    print(
-        f"fitdeck serving {settings.db} — open {dashboard_url(settings, token)}",
-        file=sys.stderr,
-        flush=True,
-    )
-    server.run()
+    url = dashboard_url(settings, token)
+    print(f"fitdeck serving {settings.db}: open {url}", file=sys.stderr, flush=True)
+    uvicorn.Server(config).run()
+
+
+def app_token(config: uvicorn.Config) -> str | None:
+    """The token the app built by `uvicorn_config` checks (None with --no-auth)."""
+    token: str | None = config.app.state.fitdeck.token  # type: ignore[union-attr]
+    return token
