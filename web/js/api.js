@@ -1,0 +1,132 @@
+// fetch wrappers for docs/http_api.md, and decoding of non-finite numbers.
+//
+// Every fitdeck message writes NaN and ±Infinity as the strings "NaN",
+// "Infinity" and "-Infinity"; decodeNumber turns them back into numbers so the
+// rest of the page deals with real JavaScript numbers only.
+
+const NON_FINITE = { NaN: NaN, Infinity: Infinity, "-Infinity": -Infinity };
+
+/** A metric value from the wire as a number (NaN/±Infinity included); null stays null. */
+export function decodeNumber(value) {
+  if (typeof value === "number") return value;
+  if (value === null || value === undefined) return null;
+  if (typeof value === "string" && Object.hasOwn(NON_FINITE, value)) return NON_FINITE[value];
+  const n = Number(value);
+  return Number.isNaN(n) ? NaN : n;
+}
+
+/** A copy of `logs` ({key: wire value}) with every value decoded. */
+export function decodeLogs(logs) {
+  const out = {};
+  for (const [key, value] of Object.entries(logs || {})) out[key] = decodeNumber(value);
+  return out;
+}
+
+/** A Run object with its numbers decoded (lr, last_metrics). Mutates and returns it. */
+export function decodeRun(run) {
+  if (!run) return run;
+  run.lr = decodeNumber(run.lr);
+  run.last_metrics = decodeLogs(run.last_metrics);
+  return run;
+}
+
+/** A Command with its lr decoded. Mutates and returns it. */
+export function decodeCommand(command) {
+  if (command && command.lr !== null && command.lr !== undefined) {
+    command.lr = decodeNumber(command.lr);
+  }
+  return command;
+}
+
+/** An error answered by the server: `status` is the HTTP status, `message` safe to show. */
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+async function request(path, { method = "GET", body } = {}) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, `Cannot reach the fitdeck server (${err.message}).`);
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const message =
+      (data && data.error && data.error.message) ||
+      (response.status === 401
+        ? "Not signed in: open the dashboard URL printed by `fitdeck serve` (it ends in ?token=…)."
+        : `The server answered ${response.status} ${response.statusText} to ${method} ${path}.`);
+    throw new ApiError(response.status, message);
+  }
+  return data;
+}
+
+const runPath = (runId) => `/api/runs/${encodeURIComponent(runId)}`;
+
+/** All runs, newest first. */
+export async function listRuns() {
+  const data = await request("/api/runs");
+  return (data.runs || []).map(decodeRun);
+}
+
+/** {run, keys: {batch: [...], epoch: [...]}} */
+export async function getRun(runId) {
+  const data = await request(runPath(runId));
+  decodeRun(data.run);
+  data.keys = data.keys || { batch: [], epoch: [] };
+  return data;
+}
+
+/**
+ * Metric series of one scope: {key: {step, epoch, t, value, downsampled}} with
+ * every value decoded.
+ */
+export async function getMetrics(runId, scope, { keys, maxPoints, start, end } = {}) {
+  const params = new URLSearchParams({ scope });
+  for (const key of keys || []) params.append("key", key);
+  if (maxPoints !== undefined) params.set("max_points", String(maxPoints));
+  if (start !== undefined) params.set("start", String(start));
+  if (end !== undefined) params.set("end", String(end));
+  const data = await request(`${runPath(runId)}/metrics?${params}`);
+  const series = data.series || {};
+  for (const s of Object.values(series)) s.value = s.value.map(decodeNumber);
+  return series;
+}
+
+/** Commands of a run, oldest first. */
+export async function getCommands(runId) {
+  const data = await request(`${runPath(runId)}/commands`);
+  return (data.commands || []).map(decodeCommand);
+}
+
+/** Events of a run in order of seq. */
+export async function getEvents(runId) {
+  const data = await request(`${runPath(runId)}/events`);
+  return data.events || [];
+}
+
+/** POST a command ({kind: "stop"} or {kind: "set_lr", lr}); returns the stored command. */
+export async function postCommand(runId, command) {
+  const data = await request(`${runPath(runId)}/commands`, { method: "POST", body: command });
+  return decodeCommand(data.command);
+}
+
+/** URL of the CSV export of a run. */
+export function exportUrl(runId) {
+  return `${runPath(runId)}/export.csv`;
+}

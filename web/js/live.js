@@ -1,0 +1,132 @@
+// The /ws/live client: one WebSocket, subscription kept across reconnects,
+// capped exponential backoff with jitter when the connection drops.
+//
+// Listeners (on(type, fn)):
+//   "message"  every decoded frame from the server ({type: "run" | "metrics" | ...})
+//   "open"     {reconnect: bool} after the socket opened and the subscription was sent;
+//              reconnect is true when an earlier connection existed (data may be missing)
+//   "state"    {state: "connecting" | "open" | "closed", retryIn?: ms, reason?: string}
+
+const BACKOFF_START_MS = 500;
+const BACKOFF_MAX_MS = 15000;
+
+export class LiveClient {
+  constructor(url = LiveClient.defaultUrl()) {
+    this.url = url;
+    this.runIds = [];
+    this.socket = null;
+    this.listeners = new Map();
+    this.attempt = 0;
+    this.everOpened = false;
+    this.retryTimer = null;
+    this.stopped = false;
+  }
+
+  static defaultUrl() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/ws/live`;
+  }
+
+  on(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, new Set());
+    this.listeners.get(type).add(fn);
+    return () => this.listeners.get(type).delete(fn);
+  }
+
+  emit(type, detail) {
+    for (const fn of this.listeners.get(type) || []) {
+      try {
+        fn(detail);
+      } catch (err) {
+        console.error("fitdeck: a live listener failed", err);
+      }
+    }
+  }
+
+  /** Receive metrics, events and commands of these runs (replaces the previous choice). */
+  subscribe(runIds) {
+    this.runIds = [...runIds];
+    this.send({ type: "subscribe", run_ids: this.runIds });
+  }
+
+  send(message) {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify(message));
+      return true;
+    }
+    return false; // sent on (re)connect
+  }
+
+  get isOpen() {
+    return !!this.socket && this.socket.readyState === WebSocket.OPEN;
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    if (this.socket) this.socket.close(1000, "page closed");
+  }
+
+  /** Close the socket as if the network dropped it (for tests and debugging). */
+  drop() {
+    if (this.socket) this.socket.close(4000, "dropped by the page");
+  }
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    this.emit("state", { state: "connecting" });
+    let socket;
+    try {
+      socket = new WebSocket(this.url);
+    } catch (err) {
+      this.scheduleReconnect(String(err));
+      return;
+    }
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      if (socket !== this.socket) return;
+      const reconnect = this.everOpened;
+      this.everOpened = true;
+      this.attempt = 0;
+      socket.send(JSON.stringify({ type: "subscribe", run_ids: this.runIds }));
+      this.emit("state", { state: "open" });
+      this.emit("open", { reconnect });
+    });
+    socket.addEventListener("message", (ev) => {
+      if (socket !== this.socket) return;
+      let message;
+      try {
+        message = JSON.parse(ev.data);
+      } catch {
+        console.warn("fitdeck: ignoring a live frame that is not JSON");
+        return;
+      }
+      this.emit("message", message);
+    });
+    socket.addEventListener("close", (ev) => {
+      if (socket !== this.socket) return;
+      this.socket = null;
+      if (this.stopped) return;
+      let reason = ev.reason || `code ${ev.code}`;
+      if (ev.code === 1008) reason = `refused: ${ev.reason || "not signed in"}`;
+      if (ev.code === 1013) reason = "too slow, catching up";
+      this.scheduleReconnect(reason, ev.code);
+    });
+    // "error" is always followed by "close"; nothing to do here.
+  }
+
+  scheduleReconnect(reason, code) {
+    this.attempt += 1;
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** (this.attempt - 1));
+    // A refused (1008) connection will not get better by hammering: start slower.
+    const floor = code === 1008 ? 5000 : 0;
+    const delay = Math.max(floor, base / 2 + Math.random() * (base / 2));
+    this.emit("state", { state: "closed", retryIn: delay, reason });
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+}

@@ -1,0 +1,150 @@
+// In-memory metric series of the open run, merged from HTTP fetches and live
+// pushes, deduplicated and ordered by step.
+
+// A series that grows past this many points (a long batch-level run watched for
+// hours) has its oldest half thinned by min/max buckets, as the server does.
+export const MAX_LOCAL_POINTS = 60000;
+
+/** One metric of one scope: parallel arrays ordered by step, one point per step. */
+export class Series {
+  constructor() {
+    this.step = [];
+    this.epoch = [];
+    this.t = [];
+    this.value = [];
+    this.version = 0; // bumped on every change; charts redraw when it moves
+    this.edits = 0; // bumped on changes other than an append (charts then rebuild)
+    this.thinned = false;
+  }
+
+  get length() {
+    return this.step.length;
+  }
+
+  get lastStep() {
+    return this.step.length ? this.step[this.step.length - 1] : -Infinity;
+  }
+
+  /** Add or replace one point (same step → the newer value wins). */
+  put(step, epoch, t, value) {
+    const n = this.step.length;
+    if (n === 0 || step > this.step[n - 1]) {
+      this.step.push(step);
+      this.epoch.push(epoch);
+      this.t.push(t);
+      this.value.push(value);
+    } else {
+      const i = lowerBound(this.step, step);
+      if (this.step[i] === step && Object.is(this.value[i], value)) return; // a duplicate
+      this.edits += 1;
+      if (this.step[i] === step) {
+        this.epoch[i] = epoch;
+        this.t[i] = t;
+        this.value[i] = value;
+      } else {
+        this.step.splice(i, 0, step);
+        this.epoch.splice(i, 0, epoch);
+        this.t.splice(i, 0, t);
+        this.value.splice(i, 0, value);
+      }
+    }
+    this.version += 1;
+  }
+
+  /** Merge a fetched series ({step, epoch, t, value} arrays, values decoded). */
+  mergeFetched(s) {
+    for (let i = 0; i < s.step.length; i++) {
+      this.put(s.step[i], s.epoch ? s.epoch[i] : null, s.t ? s.t[i] : null, s.value[i]);
+    }
+    if (s.downsampled) this.thinned = true;
+    this.cap();
+  }
+
+  /** Thin the oldest half when the series is too long (keeps min, max and first non-finite). */
+  cap(limit = MAX_LOCAL_POINTS) {
+    if (this.step.length <= limit) return;
+    const half = Math.floor(this.step.length / 2);
+    const keep = thinMinMax(this, 0, half, Math.floor(limit / 4));
+    for (const name of ["step", "epoch", "t", "value"]) {
+      this[name] = keep.map((i) => this[name][i]).concat(this[name].slice(half));
+    }
+    this.thinned = true;
+    this.edits += 1;
+    this.version += 1;
+  }
+}
+
+function lowerBound(arr, x) {
+  let lo = 0;
+  let hi = arr.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (arr[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Indexes in [from, to) to keep: per bucket its min, its max and its first non-finite point.
+function thinMinMax(series, from, to, buckets) {
+  const keep = [];
+  const width = Math.max(1, Math.ceil((to - from) / buckets));
+  for (let b = from; b < to; b += width) {
+    const end = Math.min(to, b + width);
+    let lo = -1;
+    let hi = -1;
+    let odd = -1;
+    for (let i = b; i < end; i++) {
+      const v = series.value[i];
+      if (!Number.isFinite(v)) {
+        if (odd < 0) odd = i;
+        continue;
+      }
+      if (lo < 0 || v < series.value[lo]) lo = i;
+      if (hi < 0 || v > series.value[hi]) hi = i;
+    }
+    for (const i of [...new Set([lo, hi, odd])].filter((i) => i >= 0).sort((a, c) => a - c)) {
+      keep.push(i);
+    }
+  }
+  return keep;
+}
+
+/** All series of one run: scope → key → Series. */
+export class RunData {
+  constructor() {
+    this.scopes = { batch: new Map(), epoch: new Map() };
+    this.version = 0;
+  }
+
+  series(scope, key) {
+    const map = this.scopes[scope];
+    if (!map.has(key)) map.set(key, new Series());
+    return map.get(key);
+  }
+
+  keys(scope) {
+    return [...this.scopes[scope].keys()];
+  }
+
+  /** Live points ({step, epoch, t, logs} with decoded logs). Returns the set of keys touched. */
+  addPoints(scope, points) {
+    const touched = new Set();
+    if (!this.scopes[scope]) return touched;
+    for (const p of points) {
+      for (const [key, value] of Object.entries(p.logs)) {
+        this.series(scope, key).put(p.step, p.epoch, p.t, value);
+        touched.add(key);
+      }
+    }
+    for (const key of touched) this.series(scope, key).cap();
+    if (touched.size) this.version += 1;
+    return touched;
+  }
+
+  /** Series fetched over HTTP ({key: {step, epoch, t, value}}). */
+  addFetched(scope, seriesByKey) {
+    for (const [key, s] of Object.entries(seriesByKey)) this.series(scope, key).mergeFetched(s);
+    this.version += 1;
+  }
+}
