@@ -63,7 +63,7 @@ class Dashboard:
 
     def wait_points(self, key: str, more_than: int, timeout: float = 20) -> int:
         self.page.wait_for_function(
-            "([key, n]) => { const el = document.querySelector(`.chart[data-key=\"${key}\"]`);"
+            '([key, n]) => { const el = document.querySelector(`.chart[data-key="${key}"]`);'
             " return el && Number(el.dataset.points || 0) > n; }",
             arg=[key, more_than],
             timeout=timeout * 1000,
@@ -95,11 +95,13 @@ def dashboard(chromium: Any, server: Any) -> Iterator[Dashboard]:
     page.on("pageerror", lambda exc: board.errors.append(f"page error: {exc}"))
     page.on(
         "console",
-        lambda msg: board.errors.append(f"console error: {msg.text}")
-        # Under the server's CSP the charts' feature check for WebGL traces
-        # (which need eval) is refused and logged; everything else is a failure.
-        if msg.type == "error" and "'unsafe-eval'" not in msg.text
-        else None,
+        lambda msg: (
+            board.errors.append(f"console error: {msg.text}")
+            # Under the server's CSP the charts' feature check for WebGL traces
+            # (which need eval) is refused and logged; everything else is a failure.
+            if msg.type == "error" and "'unsafe-eval'" not in msg.text
+            else None
+        ),
     )
     page.on("request", lambda request: board.requests.append(request.url))
     login = f"{server.url}/?token={server.token}" if server.token else f"{server.url}/"

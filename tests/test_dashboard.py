@@ -7,12 +7,16 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browser import Dashboard, chromium, dashboard  # noqa: F401  (fixtures)
 from tests.conftest import ServerProcess, callback, make_data, make_model
+
+if TYPE_CHECKING:
+    from tests.browser import Dashboard
+
+pytest_plugins = ["tests.browser"]  # the chromium and dashboard fixtures
 
 keras = pytest.importorskip("keras")
 from client_callback import LiveMonitor  # noqa: E402
@@ -39,7 +43,7 @@ class FitThread(threading.Thread):
     def run(self) -> None:
         try:
             self.history = self.fit()
-        except BaseException as exc:  # noqa: BLE001 - reported by result()
+        except BaseException as exc:  # re-raised by result()
             self.error = exc
 
     def result(self, timeout: float = 60) -> Any:
@@ -62,8 +66,10 @@ def start_fit(
         )
     )
     thread.start()
-    server.wait_for(lambda: server.client.get(f"/api/runs/{mon.run_id}").status_code == 200,
-                    what="the run to exist")
+    server.wait_for(
+        lambda: server.client.get(f"/api/runs/{mon.run_id}").status_code == 200,
+        what="the run to exist",
+    )
     return thread, mon, model
 
 
@@ -175,13 +181,20 @@ def test_nan_values_are_drawn_as_visible_markers(
     x, y = make_data(128)
     y[96:] = float("nan")  # batches 7 and 8 of 8: the loss becomes NaN there
     model = make_model()
-    mon = LiveMonitor(url=server.url, token=server.token, run_name="goes-nan")
+    name = '<img src=x onerror="window.pwned=1">goes-nan'
+    mon = LiveMonitor(url=server.url, token=server.token, run_name=name, params={"<b>k</b>": 1})
     model.fit(x, y, epochs=1, batch_size=16, shuffle=False, callbacks=[mon], verbose=0)
     stored = server.series(mon.run_id, "batch", "loss")["value"]
     assert stored[:6] != ["NaN"] * 6 and stored[6:] == ["NaN", "NaN"]
 
     dashboard.open_run(mon.run_id)
     page = dashboard.page
+    # Names from the training script are text, never markup.
+    assert page.text_content("#run-name") == name
+    assert page.locator("#run-params dt").first.text_content() == "<b>k</b>"
+    assert page.locator("img").count() == 0
+    assert page.evaluate("() => window.pwned") is None
+
     page.wait_for_selector('.chart[data-key="loss"][data-nonfinite="2"]')
     assert dashboard.points("loss") == 8  # NaN points are drawn, not dropped
 
@@ -205,3 +218,29 @@ def test_nan_values_are_drawn_as_visible_markers(
     # The epoch view marks the epoch's NaN loss too.
     page.click("#scope-epoch")
     page.wait_for_selector('.chart[data-key="loss"][data-nonfinite="1"]')
+
+
+def test_lost_live_connection_reconnects_and_fills_the_gap(
+    server: ServerProcess, dashboard: Dashboard
+) -> None:
+    epochs = 4
+    thread, mon, _ = start_fit(server, "reconnects", epochs=epochs, delay=0.05)
+    dashboard.open_run(mon.run_id)
+    page = dashboard.page
+    seen = dashboard.wait_points("loss", 1)
+    fetched = len(dashboard.metric_requests())
+
+    page.evaluate("() => window.fitdeck.live.drop()")
+    page.wait_for_selector("#live-status[data-state='closed']")
+    page.wait_for_selector("#live-status[data-state='open']")
+    dashboard.wait_points("loss", seen)
+    thread.result()
+
+    total = epochs * STEPS_PER_EPOCH
+    page.wait_for_function(
+        "n => Number(document.querySelector('.chart[data-key=\"loss\"]').dataset.points) === n",
+        arg=total,
+    )
+    assert dashboard.traces("loss")[0]["x"] == list(range(1, total + 1))
+    assert len(dashboard.metric_requests()) > fetched  # what was missed came over HTTP
+    page.locator("#run-status", has_text="finished").wait_for()

@@ -47,8 +47,69 @@ export function themeColors() {
   };
 }
 
+// ---- drawing long series ----------------------------------------------------
+
+// A trace longer than this is drawn as per-bucket min and max: a chart a few
+// hundred pixels wide shows the same shape, and a redraw stays cheap however
+// long the run is. Zooming in draws the visible range with fresh buckets.
+const DRAW_BUCKETS = 1500;
+
+/**
+ * x/y arrays (x ascending, y null for a gap) reduced to at most ~2 points per
+ * bucket over `range` ([x0, x1] or null for all), keeping each bucket's min,
+ * max and first gap in x order, plus one point on each side of the range so
+ * the line reaches the plot's edges.
+ */
+export function decimate(x, y, range, buckets) {
+  let from = 0;
+  let to = x.length;
+  if (range) {
+    from = Math.max(0, lowerBound(x, range[0]) - 1);
+    to = Math.min(x.length, lowerBound(x, range[1]) + 1);
+  }
+  if (to - from <= buckets * 2) {
+    return from === 0 && to === x.length ? { x, y } : { x: x.slice(from, to), y: y.slice(from, to) };
+  }
+  const outX = [];
+  const outY = [];
+  const width = (to - from) / buckets;
+  for (let b = 0; b < buckets; b++) {
+    const start = from + Math.floor(b * width);
+    const end = from + Math.floor((b + 1) * width);
+    let lo = -1;
+    let hi = -1;
+    let gap = -1;
+    for (let i = start; i < end; i++) {
+      const v = y[i];
+      if (v === null) {
+        if (gap < 0) gap = i;
+      } else {
+        if (lo < 0 || v < y[lo]) lo = i;
+        if (hi < 0 || v > y[hi]) hi = i;
+      }
+    }
+    for (const i of [lo, hi, gap].filter((i, k, all) => i >= 0 && all.indexOf(i) === k).sort((a, c) => a - c)) {
+      outX.push(x[i]);
+      outY.push(y[i]);
+    }
+  }
+  return { x: outX, y: outY };
+}
+
+function lowerBound(arr, v) {
+  let lo = 0;
+  let hi = arr.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (arr[mid] < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // ---- redraw scheduling --------------------------------------------------------
 
+const MIN_REDRAW_MS = 100; // live enough for eyes, cheap for WebGL canvases
 const dirty = new Set();
 let frameRequested = false;
 
@@ -70,8 +131,9 @@ function drawDirty(now) {
     const started = performance.now();
     chart.draw();
     const took = performance.now() - started;
-    // Keep redraws below ~25% of the main thread: a 10 ms draw waits 40 ms.
-    chart.nextDrawAt = now + Math.min(1000, took * 4);
+    // At most MIN_REDRAW_MS apart, and below ~25% of the main thread: a 40 ms
+    // draw waits 160 ms before the next.
+    chart.nextDrawAt = now + Math.min(1000, Math.max(MIN_REDRAW_MS, took * 4));
   }
   if (dirty.size) requestFrame();
 }
@@ -99,6 +161,7 @@ export class Chart {
     this.alive = true;
     this.nextDrawAt = 0;
     this.drawn = false;
+    this.xRange = null; // the zoomed x range, null for all
   }
 
   setSources(sources) {
@@ -187,12 +250,11 @@ export class Chart {
       const c = this.build(i);
       const color = theme.series[i % theme.series.length];
       const label = plotlyText(src.label);
-      let x = c.x;
-      let y = c.y;
+      let { x, y } = decimate(c.x, c.y, this.xRange, DRAW_BUCKETS);
       const tail = src.tail ? src.tail() : null;
       if (tail && c.x.length && tail.x > c.x[c.x.length - 1]) {
-        x = c.x.concat([tail.x]);
-        y = c.y.concat([tail.y]);
+        x = x.concat([tail.x]);
+        y = y.concat([tail.y]);
       }
       traces.push({
         type: this.traceType,
@@ -268,6 +330,10 @@ export class Chart {
       modeBarButtonsToRemove: ["select2d", "lasso2d", "toImage"],
     };
     window.Plotly.react(this.el, [...traces, ...markerTraces], layout, config);
+    if (!this.drawn) {
+      // Zooming redraws the visible range at full detail (see decimate()).
+      this.el.on("plotly_relayout", (ev) => this.onRelayout(ev));
+    }
     this.drawn = true;
     this.el.dataset.points = String(points);
     this.el.dataset.nonfinite = String(nonFinite);
@@ -277,6 +343,16 @@ export class Chart {
         (nonFinite ? `, ${nonFinite} not finite` : "") +
         this.lastValuesText(),
     );
+  }
+
+  onRelayout(ev) {
+    let range = this.xRange;
+    if (ev["xaxis.autorange"]) range = null;
+    else if (ev["xaxis.range[0]"] !== undefined) range = [ev["xaxis.range[0]"], ev["xaxis.range[1]"]];
+    else if (Array.isArray(ev["xaxis.range"])) range = ev["xaxis.range"];
+    else return;
+    this.xRange = range;
+    this.invalidate();
   }
 
   lastValuesText() {
