@@ -197,7 +197,8 @@ class Store:
         return future
 
     async def write(self, fn: WriteFn[T]) -> T:
-        return await asyncio.wrap_future(self.submit(fn))
+        """`submit` and wait; the write happens even if the waiting task is cancelled."""
+        return await asyncio.shield(asyncio.wrap_future(self.submit(fn)))
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         while True:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -53,10 +57,9 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
 
     try:
         run_id = await _hello(ws)
-        connected = await state.store.write(
-            lambda c: ingest.mark_connected(c, state.store.cache, run_id)
+        connected = await _store(
+            state, run_id, lambda c: ingest.mark_connected(c, state.store.cache, run_id)
         )
-        state.hub.changes(run_id, connected)
         old = state.trainers.attach(run_id, send)
         if old is not None:
             log.info("run %s: a newer connection replaces the previous one", run_id)
@@ -75,10 +78,29 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
         if run_id is not None:
             state.trainers.detach(run_id, send)
             if not state.trainers.connected(run_id):  # only a `running` run is affected
-                lost = await state.store.write(
-                    lambda c: ingest.mark_disconnected(c, state.store.cache, run_id)
+                await _store(
+                    state, run_id, lambda c: ingest.mark_disconnected(c, state.store.cache, run_id)
                 )
-                state.hub.changes(run_id, lost)
+
+
+async def _store(
+    state: AppState, run_id: str, fn: Callable[[sqlite3.Connection], ingest.Changes]
+) -> ingest.Changes:
+    """Write, and push what changed to browsers in commit order.
+
+    The push hangs on the commit, not on this task, so it happens even when the
+    connection's task is cancelled while it waits.
+    """
+    loop = asyncio.get_running_loop()
+    future = state.store.submit(fn)
+
+    def publish(done: Future[ingest.Changes]) -> None:
+        if done.exception() is None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(state.hub.changes, run_id, done.result())
+
+    future.add_done_callback(publish)
+    return await asyncio.shield(asyncio.wrap_future(future))
 
 
 async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
@@ -126,12 +148,11 @@ async def _receive(ws: WebSocket, state: AppState, run_id: str, send: Any) -> No
     for message in errors:
         await send(dumps({"type": "error", "message": message}))
     try:
-        changes = await state.store.write(
-            lambda c: ingest.apply_records(c, state.store.cache, run_id, records)
+        changes = await _store(
+            state, run_id, lambda c: ingest.apply_records(c, state.store.cache, run_id, records)
         )
     except BadRequest as exc:
         raise ProtocolError(POLICY, exc.message) from None
-    state.hub.changes(run_id, changes)
     seqs = [
         r["seq"] for r in frame["records"] if isinstance(r, dict) and isinstance(r.get("seq"), int)
     ]
