@@ -1,0 +1,102 @@
+"""Min/max downsampling over tiers: every bucket's extremes and NaN survive."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from server import downsample
+from server.downsample import Point
+
+
+def points(values: list[float | None], start: int = 0) -> list[Point]:
+    return [Point(start + i, None, None, v) for i, v in enumerate(values)]
+
+
+def tiers_of(pts: list[Point]) -> dict[int, dict[int, list[Point | None]]]:
+    """Levels built the way the writer builds them: each from the one below."""
+    out: dict[int, dict[int, list[Point | None]]] = {}
+    level_points = pts
+    for level in range(1, downsample.LEVELS + 1):
+        out[level] = downsample.summarise(level_points, downsample.SHIFT * level)
+        level_points = [p for agg in out[level].values() for p in agg if p is not None]
+    return out
+
+
+def query(pts: list[Point], lo: int, hi: int, max_points: int, level: int) -> list[Point]:
+    tiers = tiers_of(pts)
+
+    def raw(a: int, b: int) -> list[Point]:
+        return [p for p in pts if a <= p.step <= b]
+
+    def tier(lvl: int, b0: int, b1: int) -> list[Point]:
+        return [p for b, agg in tiers[lvl].items() if b0 <= b <= b1 for p in agg if p is not None]
+
+    candidates = downsample.collect(raw, tier, lo, hi, level)
+    return downsample.bucket_min_max(candidates, lo, hi, max_points)
+
+
+def test_every_bucket_keeps_its_min_max_and_first_nan() -> None:
+    rng = random.Random(0)
+    values: list[float | None] = [rng.gauss(0, 1) for _ in range(10_000)]
+    for i in (17, 5000, 9999):
+        values[i] = None
+    pts = points(values)
+    out = downsample.bucket_min_max(pts, 0, 9999, max_points=300)
+    assert len(out) <= 300
+    n_buckets, width = 100, 100
+    assert math.ceil(10_000 / n_buckets) == width
+    for b in range(n_buckets):
+        chunk = [p for p in pts[b * width : (b + 1) * width]]
+        finite = [p.value for p in chunk if p.value is not None]
+        kept = [p for p in out if b * width <= p.step < (b + 1) * width]
+        assert min(finite) in [p.value for p in kept]
+        assert max(finite) in [p.value for p in kept]
+        if any(p.value is None for p in chunk):
+            assert any(p.value is None for p in kept)
+    assert [p.step for p in out] == sorted(p.step for p in out)
+
+
+def test_tiers_give_the_same_extremes_as_the_raw_points() -> None:
+    rng = random.Random(1)
+    pts = points([rng.uniform(-1, 1) for _ in range(300_000)], start=1)
+    pts[123_456] = pts[123_456]._replace(value=50.0)
+    pts[7] = pts[7]._replace(value=None)
+    lo, hi = 1000, 299_000  # ragged edges at every level
+    from_raw = downsample.bucket_min_max(
+        [p for p in pts if lo <= p.step <= hi], lo, hi, max_points=600
+    )
+    level = downsample.choose_level(hi - lo + 1, 600)
+    assert level >= 1  # the query does not read raw points
+    from_tiers = query(pts, lo, hi, 600, level)
+    assert [p.value for p in from_tiers] == [p.value for p in from_raw]
+    assert 50.0 in [p.value for p in from_tiers]
+    # NaN outside the range stays outside
+    assert all(p.value is not None for p in from_tiers)
+
+
+def test_level_choice_bounds_the_rows_read() -> None:
+    assert downsample.choose_level(10_000, 1000) == 0
+    assert downsample.choose_level(1_000_000, 1000) == 1
+    assert downsample.choose_level(10_000_000, 1000) == 2
+    assert downsample.choose_level(100_000_000, 1000) == 3
+    for span in (10**4, 10**6, 10**8, 10**9):
+        level = downsample.choose_level(span, 1000)
+        assert span >> (downsample.SHIFT * level) <= 16 * 1000 or level == downsample.LEVELS
+
+
+def test_collect_reads_finer_levels_only_at_the_edges() -> None:
+    reads: list[tuple[str, int, int]] = []
+
+    def raw(a: int, b: int) -> list[Point]:
+        reads.append(("raw", a, b))
+        return []
+
+    def tier(level: int, b0: int, b1: int) -> list[Point]:
+        reads.append((f"L{level}", b0, b1))
+        return []
+
+    downsample.collect(raw, tier, 10, 100_000, 2)
+    raw_rows = sum(b - a + 1 for kind, a, b in reads if kind == "raw")
+    assert raw_rows < 2 * 64  # only the ragged ends
+    assert ("L2", 1, 23) in reads  # whole 4096-step buckets in the middle
