@@ -57,7 +57,10 @@ def test_every_setting_and_cli_flag_is_documented() -> None:
 
 
 def test_server_imports_no_tensorflow() -> None:
-    code = "import sys, server, server.app, server.cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = (
+        "import sys, server, server.app, server.cli\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
