@@ -146,7 +146,11 @@ function drawDirty(now) {
  *            tail: () => ({x, y}) | null}]
  */
 export class Chart {
-  constructor(container, { xTitle, uirevision, logY = false, markers = false, gl = true, integerX = false }) {
+  constructor(
+    container,
+    { xTitle, uirevision, logY = false, markers = false, gl = true, integerX = false, onZoom = null },
+  ) {
+    this.onZoom = onZoom; // called with the new x range ([x0, x1] or null) after a zoom
     this.integerX = integerX; // x is a count (epochs): no ticks between integers
     this.el = container;
     // WebGL traces; plain SVG past the ~16 WebGL contexts a browser keeps per page.
@@ -353,6 +357,7 @@ export class Chart {
     else return;
     this.xRange = range;
     this.invalidate();
+    if (this.onZoom) this.onZoom(range);
   }
 
   lastValuesText() {

@@ -482,6 +482,7 @@ export class RunView {
       markers: this.scope === "epoch",
       integerX: this.scope === "epoch",
       gl: this.charts.size < MAX_GL_CHARTS,
+      onZoom: (range) => this.fetchZoomed(base, range),
     });
     logButton.addEventListener("click", () => {
       const on = logButton.getAttribute("aria-pressed") !== "true";
@@ -489,6 +490,31 @@ export class RunView {
       chart.setLogY(on);
     });
     return { card, chart, keys: [] };
+  }
+
+  /**
+   * Zoomed into a series the server sent downsampled: fetch the visible steps
+   * again, at full detail up to max_points, and merge them in.
+   */
+  async fetchZoomed(base, range) {
+    const entry = this.charts.get(base);
+    if (!range || !entry || this.scope !== "batch") return; // epoch series are short
+    const keys = entry.keys.filter((k) => this.data.series("batch", k).thinned);
+    if (!keys.length) return;
+    const runId = this.runId;
+    try {
+      const series = await api.getMetrics(runId, "batch", {
+        keys,
+        maxPoints: BATCH_MAX_POINTS,
+        start: Math.max(0, Math.floor(range[0])),
+        end: Math.ceil(range[1]),
+      });
+      if (runId !== this.runId) return;
+      this.data.addFetched("batch", series);
+      entry.chart.invalidate();
+    } catch (err) {
+      console.warn("fitdeck: could not fetch the zoomed range", err);
+    }
   }
 
   /** The LR chart: the batch-scope learning_rate as a step line up to the latest step. */
