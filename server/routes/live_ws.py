@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Awaitable, Callable
 
+import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from server.auth import is_authorized, origin_allowed
@@ -34,27 +35,28 @@ async def live_ws(ws: WebSocket, state: StateDep) -> None:
         await ws.close(1008, "Missing or wrong token.")
         return
     sub = state.hub.add()
-    tasks = [
-        asyncio.create_task(_pump(ws, sub)),
-        asyncio.create_task(_listen(ws, sub)),
-        asyncio.create_task(sub.overflow.wait()),
-    ]
+    sub.offer(dumps({"type": "hello", "time": time.time()}))
     try:
-        sub.offer(dumps({"type": "hello", "time": time.time()}))
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if tasks[2] in done:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(TRY_AGAIN_LATER, "subscriber too slow"), 1.0)
+        async with anyio.create_task_group() as tg:
+
+            async def until_first_done(fn: Callable[[], Awaitable[object]]) -> None:
+                await fn()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(until_first_done, lambda: _pump(ws, sub))
+            tg.start_soon(until_first_done, lambda: _listen(ws, sub))
+            tg.start_soon(until_first_done, sub.overflow.wait)
+        if sub.overflow.is_set():
+            with anyio.move_on_after(1.0), contextlib.suppress(Exception):
+                await ws.close(TRY_AGAIN_LATER, "subscriber too slow")
     finally:
         state.hub.remove(sub)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _pump(ws: WebSocket, sub: Subscriber) -> None:
-    while True:
-        await ws.send_text(await sub.queue.get())
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # the browser left
+        while True:
+            await ws.send_text(await sub.queue.get())
 
 
 async def _listen(ws: WebSocket, sub: Subscriber) -> None:
