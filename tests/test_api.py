@@ -229,6 +229,7 @@ def test_live_subscribers_get_points_events_commands_and_run_updates(client: Tes
     with client.websocket_connect("/ws/live") as live:
         assert live.receive_json()["type"] == "hello"
         live.send_text(json.dumps({"type": "subscribe", "run_ids": [RUN]}))
+        assert live.receive_json() == {"type": "subscribed", "run_ids": [RUN]}
         ws = trainer(client)
         send(ws, start(), batch(2, 1, loss=0.5))
         seen = [live.receive_json() for _ in range(3)]

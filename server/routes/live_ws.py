@@ -83,3 +83,5 @@ async def _listen(ws: WebSocket, sub: Subscriber) -> None:
                 sub.offer(dumps({"type": "error", "message": error}))
                 continue
             sub.run_ids = frozenset(run_ids)
+            # From here on every change of these runs is pushed: safe to fetch history.
+            sub.offer(dumps({"type": "subscribed", "run_ids": sorted(sub.run_ids)}))
