@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import math
 import os
+import sys
+import threading
 import time
 import uuid
+import weakref
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import keras
@@ -18,6 +25,9 @@ __all__ = ["LiveMonitor"]
 log = logging.getLogger("fitdeck.callback")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+_ACTIVE: weakref.WeakSet[LiveMonitor] = weakref.WeakSet()
+"""Monitors whose `fit` has begun and not ended."""
+_hooks_installed = False
 MAX_NAME = 200
 
 
@@ -56,6 +66,12 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             JSON-friendly values (others are shown as text). Defaults to `{}`.
         flush_timeout: Seconds `on_train_end` waits for the server to
             acknowledge the last records while connected. Defaults to `5.0`.
+        memory_records: Most sent-but-unacknowledged records kept in memory;
+            older ones are spilled to the spool file. Defaults to `10_000`.
+        spool_dir: Where records the server has not acknowledged are kept
+            on disk (`<spool_dir>/<run_id>.jsonl`; upload them later with
+            `fitdeck sync`). Defaults to `$FITDECK_SPOOL_DIR`, else
+            `~/.cache/fitdeck/spool`.
         max_buffer: Most records held in memory while the server is away or
             slow. Defaults to `100_000`.
         connect_timeout: Seconds to wait when opening the connection.
@@ -80,6 +96,8 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         *,
         flush_timeout: float = 5.0,
         max_buffer: int = 100_000,
+        memory_records: int = 10_000,
+        spool_dir: str | os.PathLike[str] | None = None,
         connect_timeout: float = 5.0,
         ping_timeout: float = 10.0,
     ) -> None:
@@ -100,8 +118,9 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         ):
             if not number > 0:
                 raise ValueError(f"{name} must be > 0. Received {name}={number!r}.")
-        if not isinstance(max_buffer, int) or max_buffer < 1:
-            raise ValueError(f"max_buffer must be a positive int. Received {max_buffer!r}.")
+        for name, size in (("max_buffer", max_buffer), ("memory_records", memory_records)):
+            if not isinstance(size, int) or size < 1:
+                raise ValueError(f"{name} must be a positive int. Received {name}={size!r}.")
 
         self.run_id = uuid.uuid4().hex
         self.url = url
@@ -114,6 +133,8 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self.run_id,
             token,
             max_buffer=max_buffer,
+            memory_records=memory_records,
+            spool_dir=Path(spool_dir) if spool_dir is not None else None,
             connect_timeout=connect_timeout,
             ping_timeout=ping_timeout,
         )
@@ -127,6 +148,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._lr: float | None = None
         self._lr_check = False
         self._stopped_by_command = False
+        self._thread_ident: int | None = None
 
     # -- the hot path ------------------------------------------------------------
 
@@ -148,6 +170,11 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     # -- once per epoch or fit -------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self in _ACTIVE:  # the last fit raised and its caller caught the exception
+            self._fail(None, "the previous fit ended by an exception that was caught")
+        _install_exit_hooks()
+        _ACTIVE.add(self)
+        self._thread_ident = threading.get_ident()
         self._fits += 1
         self._stopped_by_command = False
         self._record(
@@ -180,25 +207,39 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._stream.put((EPOCH, epoch, self._epoch_base, time.time(), epoch_logs))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        where = self._where(None)
-        while self._inbox:
-            command = self._inbox.popleft()
-            self._command_status(command, "expired", "training ended before the next batch", where)
-        self._check_lr("callback")
         model = self.model
         if getattr(model, "stop_training", False) and not self._stopped_by_command:
             self._record({"type": "event", "t": time.time(), "kind": "early_stop",
                           "step": self._epoch_base, "epoch": self._epoch,
                           "data": {"by": "callback"}})  # fmt: skip
-        status = "stopped" if self._stopped_by_command else "finished"
-        self._record({"type": "run_end", "t": time.time(), "status": status, "error": None})
-        left = self._stream.finish(self.flush_timeout)
-        if left:
+        self._end("stopped" if self._stopped_by_command else "finished", None)
+
+    def _end(self, status: str, error: dict[str, str] | None) -> None:
+        """Close this fit: expire waiting commands, send `run_end`, flush or spool."""
+        _ACTIVE.discard(self)
+        where = self._where(None)
+        while self._inbox:
+            command = self._inbox.popleft()
+            self._command_status(command, "expired", "training ended before the next batch", where)
+        self._check_lr("callback")
+        self._record({"type": "run_end", "t": time.time(), "status": status, "error": error})
+        spooled = self._stream.finish(self.flush_timeout)
+        if spooled:
             self._stream.warn_once(
-                "unsent",
-                f"fitdeck: {left} records were not acknowledged by the server when training "
-                "ended; they stay in memory and are sent if this LiveMonitor trains again.",
+                "spooled",
+                f"fitdeck: the server did not acknowledge {spooled} records before training "
+                f"ended; they are kept in {self._stream.spool.path} and sent when this "
+                "LiveMonitor trains again, or by `fitdeck sync`.",
             )
+
+    def _fail(self, exc: BaseException | None, message: str | None = None) -> None:
+        """The fit ended by an exception (or the process is exiting during it)."""
+        if exc is not None:
+            error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+        else:
+            error = {"type": "Interrupted", "message": message or "fit did not finish"}
+        with contextlib.suppress(Exception):  # reporting a failure must not fail
+            self._end("failed", error)
 
     # -- commands, applied on the training thread ------------------------------
 
@@ -379,3 +420,47 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalar
         return _jsonable(value.item())
     return str(value)
+
+
+# -- fits that end by an exception --------------------------------------------
+# Keras does not call on_train_end when fit raises. The uncaught exception
+# reaches sys.excepthook (or threading.excepthook, or IPython's post_run_cell);
+# a process that exits mid-fit runs atexit. Each marks the run failed with the
+# exception's type and message and sends or spools what is left.
+
+
+def _install_exit_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    previous_excepthook = sys.excepthook
+    previous_thread_hook = threading.excepthook
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        _fail_active(exc, threading.main_thread().ident)
+        previous_excepthook(kind, exc, tb)
+
+    def thread_excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and args.thread is not None:
+            _fail_active(args.exc_value, args.thread.ident)
+        previous_thread_hook(args)
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
+    atexit.register(_fail_active, None, None)
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:  # IPython shows cell errors without sys.excepthook
+
+        def post_run_cell(result: Any) -> None:
+            if result.error_in_exec is not None:
+                _fail_active(result.error_in_exec, threading.get_ident())
+
+        shell.events.register("post_run_cell", post_run_cell)
+
+
+def _fail_active(exc: BaseException | None, thread_ident: int | None) -> None:
+    for monitor in list(_ACTIVE):
+        if thread_ident is None or monitor._thread_ident == thread_ident:
+            monitor._fail(exc, "the process exited while fit was running")

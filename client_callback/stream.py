@@ -10,6 +10,7 @@ thread through `Stream.inbox`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -18,11 +19,14 @@ import threading
 import time
 import warnings
 from collections import deque
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
+
+from client_callback.spool import Spool, default_spool_dir
 
 __all__ = ["BATCH", "EPOCH", "RECORD", "FitdeckWarning", "Stream", "train_ws_url"]
 
@@ -30,8 +34,9 @@ log = logging.getLogger("fitdeck.callback")
 
 BATCH, EPOCH, RECORD = 0, 1, 2
 SEND_CHUNK = 1000
+CHUNKS_PER_POLL = 8
 POLL_SECONDS = 0.05
-BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
 
 
 class FitdeckWarning(UserWarning):
@@ -65,7 +70,12 @@ def encode_value(value: Any) -> float | str | None:
 
 
 class Stream:
-    """Records of one run, on their way to the server."""
+    """Records of one run, on their way to the server.
+
+    Memory is bounded: at most `max_buffer` items wait for this thread and at
+    most `memory_records` numbered records wait for an acknowledgement in
+    memory; older ones are spilled to the run's spool file.
+    """
 
     def __init__(
         self,
@@ -73,22 +83,30 @@ class Stream:
         run_id: str,
         token: str | None,
         *,
-        max_buffer: int,
-        connect_timeout: float,
-        ping_timeout: float,
+        max_buffer: int = 100_000,
+        memory_records: int = 10_000,
+        connect_timeout: float = 5.0,
+        ping_timeout: float = 10.0,
+        spool_dir: Path | None = None,
     ) -> None:
         self.ws_url = train_ws_url(url)
         self.run_id = run_id
         self.token = token
         self.max_buffer = max_buffer
+        self.memory_records = memory_records
         self.connect_timeout = connect_timeout
         self.ping_timeout = ping_timeout
         self.buffer: deque[tuple[Any, ...]] = deque()
         self.inbox: deque[dict[str, Any]] = deque()
         self.connected = False
         self.dropped = 0
-        self._seq = 0
+        self.spool = Spool(
+            (spool_dir or default_spool_dir()) / f"{run_id}.jsonl",
+            header={"run_id": run_id, "url": url},
+        )
+        self._seq = self.spool.last_seq or 0
         self._steps_per_epoch: int | None = None
+        self._lock = threading.Lock()  # guards _unacked, the spool and numbering
         self._unacked: deque[dict[str, Any]] = deque()
         self._sent_seq = 0
         self._seen_commands: set[int] = set()
@@ -118,23 +136,29 @@ class Stream:
         self.warn_once(
             "overflow",
             f"fitdeck: the send buffer is full ({self.max_buffer} records); records are being "
-            "dropped until the server catches up.",
+            "dropped until the sending thread catches up.",
         )
 
     def finish(self, timeout: float) -> int:
-        """Ask the thread to send what is left and stop; wait up to `timeout` seconds.
+        """Send what is left, waiting up to `timeout` seconds while connected.
 
-        Returns how many records are still unacknowledged.
+        Whatever the server has not acknowledged by then goes to the spool file.
+        Returns how many records the spool holds.
         """
         self._finishing.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and self.connected:
             thread.join(timeout)
-        return self.pending()
+        with self._lock:
+            self._drain_locked()
+            self._spill_locked(0)
+            return len(self.spool)
 
     def pending(self) -> int:
-        return len(self.buffer) + len(self._unacked)
+        """Records not acknowledged yet, in memory and spooled."""
+        with self._lock:
+            return len(self.buffer) + len(self._unacked) + len(self.spool)
 
     def warn_once(self, key: str, message: str) -> None:
         if key in self._warned:
@@ -185,26 +209,29 @@ class Stream:
             ping_timeout=self.ping_timeout,
             close_timeout=2,
             max_size=None,
+            max_queue=None,
             compression=None,
         )
 
     def _session(self, ws: ClientConnection) -> bool:
-        """Stream until finished (True) or the link drops (raises)."""
+        """Stream until everything is sent after `finish` (True) or the link drops (raises)."""
         ws.send(json.dumps({"type": "hello", "protocol": 1, "run_id": self.run_id}))
         welcome = json.loads(ws.recv(timeout=self.connect_timeout))
         if welcome.get("type") != "welcome":
             raise ProtocolRefused(f"expected a welcome, got {welcome!r}")
-        self._ack(int(welcome.get("last_seq", 0)))
-        self._sent_seq = self._unacked[0]["seq"] - 1 if self._unacked else self._seq
+        last_seq = int(welcome.get("last_seq", 0))
+        with self._lock:
+            self._ack_locked(last_seq)
+            self._sent_seq = last_seq
         self.connected = True
         while True:
             self._drain()
-            self._send_unsent(ws)
-            if self._finishing.is_set() and not self._unacked and not self.buffer:
+            more = self._send_some(ws)
+            if not more and self._finishing.is_set() and not self.pending():
                 ws.close()
                 return True
             try:
-                message = ws.recv(timeout=POLL_SECONDS)
+                message = ws.recv(timeout=0 if more else POLL_SECONDS)
             except TimeoutError:
                 continue
             except ConnectionClosed as exc:
@@ -214,20 +241,31 @@ class Stream:
                 raise
             self._handle(json.loads(message))
 
-    def _send_unsent(self, ws: ClientConnection) -> None:
-        if not self._unacked or self._unacked[-1]["seq"] <= self._sent_seq:
-            return
-        start = self._sent_seq - self._unacked[0]["seq"] + 1
-        unsent = list(self._unacked)[max(start, 0) :]
-        for i in range(0, len(unsent), SEND_CHUNK):
-            chunk = unsent[i : i + SEND_CHUNK]
+    def _send_some(self, ws: ClientConnection) -> bool:
+        """Send a few chunks not sent yet; True when more are waiting."""
+        for _ in range(CHUNKS_PER_POLL):
+            chunk = self._next_chunk()
+            if not chunk:
+                return False
             ws.send(json.dumps({"type": "records", "records": chunk}, allow_nan=False))
             self._sent_seq = chunk[-1]["seq"]
+        return True
+
+    def _next_chunk(self) -> list[dict[str, Any]]:
+        with self._lock:
+            after = self._sent_seq
+            if self.spool.last_seq is not None and self.spool.last_seq > after:
+                return self.spool.read_after(after, SEND_CHUNK)
+            if not self._unacked or self._unacked[-1]["seq"] <= after:
+                return []
+            start = max(0, after - self._unacked[0]["seq"] + 1)
+            return list(itertools.islice(self._unacked, start, start + SEND_CHUNK))
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "ack":
-            self._ack(int(message["seq"]))
+            with self._lock:
+                self._ack_locked(int(message["seq"]))
         elif kind == "command":
             command = message["command"]
             if command["id"] in self._seen_commands:
@@ -239,11 +277,18 @@ class Stream:
         elif kind == "error":
             self.warn_once("server-error", f"fitdeck: the server refused a record: {message}")
 
-    def _ack(self, seq: int) -> None:
+    def _ack_locked(self, seq: int) -> None:
         while self._unacked and self._unacked[0]["seq"] <= seq:
             self._unacked.popleft()
+        self.spool.drop_through(seq)
 
     def _drain(self) -> None:
+        with self._lock:
+            self._drain_locked()
+            if len(self._unacked) > self.memory_records:
+                self._spill_locked(self.memory_records // 2)
+
+    def _drain_locked(self) -> None:
         """Number the queued items and move them to the unacknowledged list."""
         buffer, out = self.buffer, self._unacked
         while buffer:
@@ -252,6 +297,24 @@ class Stream:
                 self._seq += 1
                 record["seq"] = self._seq
                 out.append(record)
+
+    def _spill_locked(self, keep: int) -> None:
+        """Move the oldest unacknowledged records to the spool until `keep` remain."""
+        n = len(self._unacked) - keep
+        if n <= 0:
+            return
+        oldest = [self._unacked[i] for i in range(n)]
+        try:
+            self.spool.append(oldest)
+        except OSError as exc:
+            self.warn_once(
+                "spool",
+                f"fitdeck: cannot write the spool file {self.spool.path} ({exc}); "
+                "unsent records stay in memory only.",
+            )
+            return
+        for _ in range(n):
+            self._unacked.popleft()
 
     def _record(self, item: tuple[Any, ...]) -> dict[str, Any] | None:
         kind = item[0]
