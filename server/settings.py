@@ -43,6 +43,9 @@ class Settings:
     """Seconds between WebSocket pings to the trainer."""
     ping_timeout: float = 10.0
     """Seconds without a pong before a trainer's link is declared dead."""
+    disconnect_grace: float = 600.0
+    """Seconds a run may stay `disconnected` before it is closed as `failed`
+    (error type `LostContact`); its unfinished commands expire then."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -78,10 +81,12 @@ _ENV: list[tuple[str, str, Callable[[str], object]]] = [
     ("port", "FITDECK_PORT", _port),
     ("db", "FITDECK_DB", Path),
     ("token", "FITDECK_TOKEN", str),
+    ("disconnect_grace", "FITDECK_DISCONNECT_GRACE", float),
 ]
 _ENV_HELP = {
     "FITDECK_HOST": "a host name or address",
     "FITDECK_PORT": "a port number (0-65535)",
     "FITDECK_DB": "a file path",
     "FITDECK_TOKEN": "a token",
+    "FITDECK_DISCONNECT_GRACE": "a number of seconds",
 }
