@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from server import downsample
 from server.downsample import Point
-from server.errors import NotFound
+from server.errors import Conflict, NotFound
 
 __all__ = ["ENDED", "Store"]
 
@@ -411,3 +411,73 @@ def event_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 def command_dict(row: sqlite3.Row) -> dict[str, Any]:
     return {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row has no items())
+
+
+# -- run management (write functions for `Store.write`) and full exports ------------
+
+MAX_RUN_NAME = 200
+
+
+def rename_run(conn: sqlite3.Connection, run_id: str, name: str) -> dict[str, Any]:
+    """Give a run a new name; returns the run."""
+    cur = conn.execute(
+        "UPDATE runs SET name = ?, updated_at = ? WHERE id = ? RETURNING *",
+        (name, time.time(), run_id),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"No run with id {run_id!r}.")
+    return run_dict(row)
+
+
+def delete_run(conn: sqlite3.Connection, cache: dict[str, Any], run_id: str) -> None:
+    """Delete a run with its series, points, tiers, events and commands.
+
+    `cache` is the writer's memo (`Store.cache`): the run's entries go too, so a
+    later run cannot be handed a deleted series id.
+    """
+    row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"No run with id {run_id!r}.")
+    if row[0] == "running":
+        raise Conflict(
+            f"Run {run_id!r} is running; stop it (or let it end) before deleting it,"
+            " or its trainer would write into it again."
+        )
+    own_series = "series_id IN (SELECT id FROM series WHERE run_id = ?)"
+    conn.execute(f"DELETE FROM tiers WHERE {own_series}", (run_id,))
+    conn.execute(f"DELETE FROM points WHERE {own_series}", (run_id,))
+    for table in ("series", "events", "commands"):
+        conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+    cache.get("runs", {}).pop(run_id, None)
+    series_cache: dict[tuple[str, str, str], int] = cache.get("series", {})
+    for key in [k for k in series_cache if k[0] == run_id]:
+        del series_cache[key]
+
+
+def iter_series_points(
+    path: Path, run_id: str, chunk: int = 5000
+) -> Iterator[tuple[str, str, list[Point]]]:
+    """Every stored point of a run at full resolution, as (scope, key, points) chunks.
+
+    Its own connection: streamed response bodies are pulled from more than one thread.
+    """
+    conn = sqlite3.connect(path, check_same_thread=False)
+    try:
+        series = conn.execute(
+            "SELECT id, scope, key FROM series WHERE run_id = ? ORDER BY scope, key", (run_id,)
+        ).fetchall()
+        for sid, scope, key in series:
+            cursor = conn.execute(
+                "SELECT step, epoch, t, value FROM points WHERE series_id = ? ORDER BY step",
+                (sid,),
+            )
+            first = True
+            while batch := cursor.fetchmany(chunk):
+                yield scope, key, [Point(*r) for r in batch]
+                first = False
+            if first:
+                yield scope, key, []
+    finally:
+        conn.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -12,10 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from server import ingest
+from server import ingest, report, store
 from server.deps import Authorized, StateDep
 from server.errors import BadRequest
-from server.jsonutil import encode_number
+from server.jsonutil import dumps, encode_number
 
 __all__ = ["health_router", "router"]
 
@@ -143,4 +144,113 @@ def export_csv(run_id: str, state: StateDep) -> StreamingResponse:
         rows(),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+# -- run management ------------------------------------------------------------------
+
+
+@router.patch("/runs/{run_id}")
+async def rename_run(run_id: str, request: Request, state: StateDep) -> dict[str, Any]:
+    name = parse_rename(await request.body())
+    run = await state.store.write(lambda c: store.rename_run(c, run_id, name))
+    state.hub.run(run)
+    return {"run": run}
+
+
+def parse_rename(body: bytes) -> str:
+    payload = ingest.load_json(body.decode("utf-8", errors="replace") or "null")
+    if not isinstance(payload, dict) or "name" not in payload:
+        raise BadRequest('The body must be a JSON object such as {"name": "baseline"}.')
+    name = payload["name"]
+    if not isinstance(name, str):
+        raise BadRequest(f"'name' must be a string, got {name!r}.")
+    name = name.strip()
+    if not 1 <= len(name) <= store.MAX_RUN_NAME:
+        raise BadRequest(
+            f"'name' must have 1 to {store.MAX_RUN_NAME} characters (spaces around it"
+            f" trimmed), got {len(name)}."
+        )
+    return name
+
+
+@router.delete("/runs/{run_id}", status_code=204)
+async def delete_run(run_id: str, state: StateDep) -> Response:
+    await state.store.write(lambda c: store.delete_run(c, run_id=run_id, cache=state.store.cache))
+    text = dumps({"type": "run_deleted", "run_id": run_id})
+    for sub in list(state.hub.subscribers):
+        sub.offer(text)
+    return Response(status_code=204)
+
+
+# -- exports -------------------------------------------------------------------------
+
+
+def _strict(obj: Any) -> Any:
+    """`obj` with every non-finite float written as "NaN", "Infinity" or "-Infinity"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return encode_number(obj)
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+@router.get("/runs/{run_id}/export.json")
+def export_json(run_id: str, state: StateDep) -> StreamingResponse:
+    run = state.store.get_run(run_id)
+    head = {
+        "run": _strict(run),
+        "events": _strict(state.store.events(run_id)),
+        "commands": _strict(state.store.commands(run_id)),
+    }
+
+    def body() -> Iterator[str]:
+        yield dumps(head)[:-1] + ',"series":{'
+        chunks = store.iter_series_points(state.store.path, run_id)
+        scope_now = None
+        first_key = True
+        for (scope, key), group in itertools.groupby(chunks, key=lambda c: (c[0], c[1])):
+            if scope != scope_now:
+                yield ("}," if scope_now is not None else "") + dumps(scope) + ":{"
+                scope_now, first_key = scope, True
+            # Column by column as JSON text: one series at a time, never the run's all.
+            columns: dict[str, list[str]] = {"step": [], "epoch": [], "t": [], "value": []}
+            for _scope, _key, points in group:
+                if not points:
+                    continue
+                columns["step"].append(dumps([p.step for p in points])[1:-1])
+                columns["epoch"].append(dumps([p.epoch for p in points])[1:-1])
+                columns["t"].append(dumps([p.t for p in points])[1:-1])
+                columns["value"].append(dumps([encode_number(p.value) for p in points])[1:-1])
+            fields = ",".join(f'"{name}":[{",".join(parts)}]' for name, parts in columns.items())
+            yield ("" if first_key else ",") + dumps(key) + ":{" + fields + "}"
+            first_key = False
+        yield ("}" if scope_now is not None else "") + "}}"
+
+    return StreamingResponse(
+        body(),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="fitdeck-{run_id[:8]}.json"'},
+    )
+
+
+REPORT_MAX_POINTS = 5000
+
+
+@router.get("/runs/{run_id}/report.html")
+def report_html(run_id: str, state: StateDep) -> Response:
+    run = state.store.get_run(run_id)
+    html = report.build(
+        run,
+        state.store.metrics(run_id, "epoch", None, REPORT_MAX_POINTS),
+        state.store.metrics(run_id, "batch", None, REPORT_MAX_POINTS),
+        state.store.events(run_id),
+    )
+    # A download, never shown in place: the app's CSP would block its inline scripts.
+    return Response(
+        html,
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="fitdeck-{run_id[:8]}-report.html"'},
     )
