@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -10,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from server import ingest
 from server.auth import resolve_token
 from server.deps import AppState
 from server.errors import FitdeckError
@@ -46,9 +49,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.open()
+        reaper = asyncio.create_task(close_lost_runs(state))
         try:
             yield
         finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
             store.close()
 
     app = FastAPI(
@@ -81,6 +88,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.WEB_DIR), name="static")
     return app
+
+
+async def close_lost_runs(state: AppState) -> None:
+    """Every so often, end runs whose trainer stayed away past the grace period."""
+    grace = state.settings.disconnect_grace
+    while True:
+        await asyncio.sleep(min(max(grace / 4, 0.05), 30.0))
+        closed = await state.store.write(
+            lambda c: ingest.close_lost_runs(c, state.store.cache, grace)
+        )
+        for run_id, changes in closed:
+            state.hub.changes(run_id, changes)
 
 
 def _error(status: int, message: str) -> JSONResponse:

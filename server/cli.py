@@ -28,6 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--exit", action="store_true", help="stop the server when training ends (default: keep it)"
     )
+
+    sync = sub.add_parser("sync", help="upload records a training kept in its spool")
+    sync.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="a spool file or directory (default: $FITDECK_SPOOL_DIR or ~/.cache/fitdeck/spool)",
+    )
+    sync.add_argument("--url", default=None, help="server (default: FITDECK_URL, else the run's)")
+    sync.add_argument("--token", default=None, help="token (default: FITDECK_TOKEN)")
+    sync.add_argument("--timeout", type=float, default=60.0, help="seconds per file (default: 60)")
     return parser
 
 
@@ -64,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "sync":
+        return run_sync(args)
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
@@ -79,6 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
         return code
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    try:
+        from client_callback.sync import sync
+    except ImportError as exc:
+        print(f"fitdeck sync: {exc}", file=sys.stderr)
+        return 2
+    results = sync(args.path, url=args.url, token=args.token, timeout=args.timeout)
+    if not results:
+        print("fitdeck sync: nothing to upload", file=sys.stderr)
+    for r in results:
+        outcome = "uploaded" if r.done else "NOT uploaded (server unreachable or refused)"
+        print(f"{r.path}: run {r.run_id}, {r.records} records {outcome} to {r.url}")
+    return 0 if all(r.done for r in results) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

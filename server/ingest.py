@@ -31,6 +31,7 @@ COMMAND_STATUSES = ("pending", "delivered", "applied", "rejected", "expired")
 FINAL_COMMAND = frozenset({"applied", "rejected", "expired"})
 RUN_END_STATUSES = frozenset(ENDED)
 LR_KEY = "learning_rate"
+LOST_CONTACT = "LostContact"
 
 
 # -- validation (event loop side) ---------------------------------------------
@@ -452,31 +453,97 @@ def unfinished_commands(conn: sqlite3.Connection, run_id: str) -> list[dict[str,
 
 
 def mark_connected(conn: sqlite3.Connection, cache: dict[str, Any], run_id: str) -> Changes:
-    """A trainer said hello: its run (if known) is running again."""
+    """A trainer said hello: its run (if known) is running again.
+
+    That includes a run closed as lost after the grace period: it was not over.
+    """
     state = run_state(conn, cache, run_id)
     changes = Changes(last_seq=state.last_seq if state else 0)
-    if state is not None and state.status == "disconnected":
+    lost = state is not None and state.status == "failed" and _lost_contact(conn, run_id)
+    if state is not None and (state.status == "disconnected" or lost):
+        now = time.time()
         conn.execute(
-            "UPDATE runs SET status = 'running', updated_at = ? WHERE id = ?",
-            (time.time(), run_id),
+            "UPDATE runs SET status = 'running', updated_at = ?, ended_at = NULL, error = NULL"
+            " WHERE id = ?",
+            (now, run_id),
         )
         state.status = "running"
         changes.run = _run(conn, run_id)
+        changes.events.append(_server_event(conn, run_id, now, "reconnected", {}))
     return changes
 
 
-def mark_disconnected(conn: sqlite3.Connection, cache: dict[str, Any], run_id: str) -> Changes:
+def mark_disconnected(
+    conn: sqlite3.Connection, cache: dict[str, Any], run_id: str, reason: str
+) -> Changes:
     """A trainer's stream ended without `run_end`."""
     state = run_state(conn, cache, run_id)
     changes = Changes(last_seq=state.last_seq if state else 0)
     if state is not None and state.status == "running":
+        now = time.time()
         conn.execute(
-            "UPDATE runs SET status = 'disconnected', updated_at = ? WHERE id = ?",
-            (time.time(), run_id),
+            "UPDATE runs SET status = 'disconnected', updated_at = ? WHERE id = ?", (now, run_id)
         )
         state.status = "disconnected"
         changes.run = _run(conn, run_id)
+        changes.events.append(_server_event(conn, run_id, now, "disconnected", {"reason": reason}))
     return changes
+
+
+def _server_event(
+    conn: sqlite3.Connection, run_id: str, t: float, kind: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """An event the server notes itself (no record, so no `seq`)."""
+    row = conn.execute(
+        "INSERT INTO events (run_id, seq, t, kind, data) VALUES (?, NULL, ?, ?, ?) RETURNING *",
+        (run_id, t, kind, dumps(data)),
+    ).fetchone()
+    return event_dict(row)
+
+
+def _lost_contact(conn: sqlite3.Connection, run_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM runs WHERE id = ? AND json_extract(error, '$.type') = ?",
+        (run_id, LOST_CONTACT),
+    ).fetchone()
+    return row is not None
+
+
+def close_lost_runs(
+    conn: sqlite3.Connection, cache: dict[str, Any], grace: float
+) -> list[tuple[str, Changes]]:
+    """Runs `disconnected` for more than `grace` seconds end as `failed` (LostContact)."""
+    now = time.time()
+    cutoff = now - grace
+    out = []
+    error = {
+        "type": LOST_CONTACT,
+        "message": f"no contact from the training process for {grace:g} seconds",
+    }
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM runs WHERE status = 'disconnected' AND updated_at < ?", (cutoff,)
+        )
+    ]
+    for run_id in ids:
+        conn.execute(
+            "UPDATE runs SET status = 'failed', ended_at = ?, updated_at = ?, error = ?"
+            " WHERE id = ?",
+            (now, now, dumps(error), run_id),
+        )
+        state = run_state(conn, cache, run_id)
+        if state is not None:
+            state.status = "failed"
+        changes = Changes(last_seq=state.last_seq if state else 0)
+        changes.commands = expire_commands(
+            conn, run_id, "the training process was lost before it could apply", now
+        )
+        changes.run = _run(conn, run_id)
+        data = {"status": "failed", "error": error}
+        changes.events.append(_server_event(conn, run_id, now, "train_end", data))
+        out.append((run_id, changes))
+    return out
 
 
 def load_json(text: str) -> Any:

@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS tiers (
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
+    seq INTEGER,  -- NULL for events the server itself notes (disconnected, reconnected)
     t REAL NOT NULL,
     kind TEXT NOT NULL,
     step INTEGER,
@@ -169,9 +169,15 @@ class Store:
         conn.executescript(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # No trainer is connected to a fresh server: whatever was running lost its stream.
+        now = time.time()
+        conn.execute(
+            "INSERT INTO events (run_id, seq, t, kind, data) SELECT id, NULL, ?, 'disconnected',"
+            " '{\"reason\": \"server restarted\"}' FROM runs WHERE status = 'running'",
+            (now,),
+        )
         conn.execute(
             "UPDATE runs SET status = 'disconnected', updated_at = ? WHERE status = 'running'",
-            (time.time(),),
+            (now,),
         )
         self._writer = threading.Thread(
             target=self._write_loop, args=(conn,), name="fitdeck-writer", daemon=True
@@ -290,7 +296,7 @@ class Store:
     def events(self, run_id: str) -> list[dict[str, Any]]:
         with self.reader() as conn:
             rows = conn.execute(
-                "SELECT * FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+                "SELECT * FROM events WHERE run_id = ? ORDER BY t, id", (run_id,)
             ).fetchall()
         return [event_dict(r) for r in rows]
 

@@ -79,7 +79,9 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             state.trainers.detach(run_id, send)
             if not state.trainers.connected(run_id):  # only a `running` run is affected
                 await _store(
-                    state, run_id, lambda c: ingest.mark_disconnected(c, state.store.cache, run_id)
+                    state,
+                    run_id,
+                    lambda c: ingest.mark_disconnected(c, state.store.cache, run_id, "stream lost"),
                 )
 
 
