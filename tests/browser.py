@@ -70,13 +70,29 @@ class Dashboard:
         )
         return self.points(key)
 
-    def traces(self, key: str) -> list[dict[str, Any]]:
-        """The Plotly traces of a chart: type, name, x, y, text, yaxis, marker."""
+    def traces(self, key: str, role: str | None = None) -> list[dict[str, Any]]:
+        """The Plotly traces of a chart: type, name, x, y, text, yaxis, marker, role, customdata.
+
+        `role` keeps only the traces of one kind: "raw" (the values as stored),
+        "smoothed" (the EMA drawn over them), "nonfinite" (NaN/Inf markers), "events".
+        """
         result: list[dict[str, Any]] = self.page.evaluate(
             """key => document.querySelector(`.chart[data-key="${key}"]`).data.map(t => ({
                 type: t.type, name: t.name, x: Array.from(t.x), y: Array.from(t.y),
                 text: t.text ? Array.from(t.text) : null, yaxis: t.yaxis || "y",
-                marker: t.marker || null }))""",
+                marker: t.marker || null, role: t.meta ? t.meta.role : null,
+                label: t.meta ? t.meta.label : null,
+                customdata: t.customdata ? Array.from(t.customdata) : null }))""",
+            key,
+        )
+        return [t for t in result if role is None or t["role"] == role]
+
+    def layout(self, key: str) -> dict[str, Any]:
+        """The chart's Plotly layout (axes, shapes) as drawn."""
+        result: dict[str, Any] = self.page.evaluate(
+            """key => { const L = document.querySelector(`.chart[data-key="${key}"]`).layout;
+                return {xaxis: {type: L.xaxis.type, title: L.xaxis.title && L.xaxis.title.text},
+                        yaxis: {type: L.yaxis.type}, shapes: L.shapes || []}; }""",
             key,
         )
         return result

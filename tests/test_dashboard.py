@@ -95,7 +95,7 @@ def test_loss_chart_grows_live_while_fit_runs(server: ServerProcess, dashboard: 
         arg=total,
     )
     assert len(history.history["loss"]) == epochs
-    loss = dashboard.traces("loss")[0]
+    loss = dashboard.traces("loss", role="raw")[0]
     assert loss["type"] in ("scattergl", "scatter")
     assert loss["x"] == list(range(1, total + 1))
 
@@ -167,7 +167,7 @@ def test_learning_rate_input_reaches_the_real_fit(
         "() => { const t = document.querySelector('#lr-chart').data[0];"
         " return t && t.y.some(v => Math.abs(v - 0.0025) < 1e-9); }"
     )
-    lr_values = {round(v, 8) for v in dashboard.traces("learning_rate")[0]["y"]}
+    lr_values = {round(v, 8) for v in dashboard.traces("learning_rate", role="raw")[0]["y"]}
     assert lr_values == {0.01, 0.0025}
 
     server.client.post(f"/api/runs/{mon.run_id}/commands", json={"kind": "stop"})
@@ -198,7 +198,8 @@ def test_nan_values_are_drawn_as_visible_markers(
     page.wait_for_selector('.chart[data-key="loss"][data-nonfinite="2"]')
     assert dashboard.points("loss") == 8  # NaN points are drawn, not dropped
 
-    line, markers = (t for t in dashboard.traces("loss") if t["name"].startswith("loss"))
+    (line,) = dashboard.traces("loss", role="raw")
+    (markers,) = dashboard.traces("loss", role="nonfinite")
     assert line["y"][6:] == [None, None]  # a gap in the line, never 0
     assert all(v is not None and v > 0 for v in line["y"][:6])
     assert markers["x"] == [7, 8] and markers["text"] == ["NaN", "NaN"]
@@ -241,6 +242,6 @@ def test_lost_live_connection_reconnects_and_fills_the_gap(
         "n => Number(document.querySelector('.chart[data-key=\"loss\"]').dataset.points) === n",
         arg=total,
     )
-    assert dashboard.traces("loss")[0]["x"] == list(range(1, total + 1))
+    assert dashboard.traces("loss", role="raw")[0]["x"] == list(range(1, total + 1))
     assert len(dashboard.metric_requests()) > fetched  # what was missed came over HTTP
     page.locator("#run-status", has_text="finished").wait_for()

@@ -130,3 +130,24 @@ export async function postCommand(runId, command) {
 export function exportUrl(runId) {
   return `${runPath(runId)}/export.csv`;
 }
+
+/** URL of the JSON export (every series at full resolution). */
+export function exportJsonUrl(runId) {
+  return `${runPath(runId)}/export.json`;
+}
+
+/** URL of the standalone HTML report (a download). */
+export function reportUrl(runId) {
+  return `${runPath(runId)}/report.html`;
+}
+
+/** Rename a run; returns the run. */
+export async function renameRun(runId, name) {
+  const data = await request(runPath(runId), { method: "PATCH", body: { name } });
+  return decodeRun(data.run);
+}
+
+/** Delete a run and all its data (409 while it is running). */
+export async function deleteRun(runId) {
+  await request(runPath(runId), { method: "DELETE" });
+}

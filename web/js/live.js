@@ -2,7 +2,9 @@
 // capped exponential backoff with jitter when the connection drops.
 //
 // Listeners (on(type, fn)):
-//   "message"  every decoded frame from the server ({type: "run" | "metrics" | ...})
+//   "message"  every decoded frame from the server ({type: "run" | "metrics" | ...}),
+//              including {type: "subscribed", run_ids}: the server confirms a
+//              subscription; history fetched after it leaves no gap
 //   "open"     {reconnect: bool} after the socket opened and the subscription was sent;
 //              reconnect is true when an earlier connection existed (data may be missing)
 //   "state"    {state: "connecting" | "open" | "closed", retryIn?: ms, reason?: string}

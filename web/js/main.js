@@ -1,16 +1,19 @@
-// Front door: routing (#/ and #/runs/<id>), the live connection, wiring.
+// Front door: routing (#/, #/runs/<id>, #/compare/<id>,<id>…), the live connection, wiring.
 
 import { ApiError, decodeRun } from "./api.js";
+import { CompareView } from "./compare_view.js";
 import { $, setText } from "./dom.js";
 import { LiveClient } from "./live.js";
 import { RunView } from "./run_view.js";
 import { RunsView } from "./runs_view.js";
 
 const RUN_ROUTE = /^#\/runs\/([0-9a-f]{32})\/?$/;
+const COMPARE_ROUTE = /^#\/compare\/([0-9a-f]{32}(?:,[0-9a-f]{32})*)\/?$/;
 
 const live = new LiveClient();
 const runsView = new RunsView();
 const runView = new RunView(live);
+const compareView = new CompareView(live);
 
 function showBanner(message) {
   const banner = $("#banner");
@@ -33,15 +36,23 @@ async function loadRuns() {
 }
 
 function route() {
-  const match = RUN_ROUTE.exec(location.hash);
-  if (match) {
+  const run = RUN_ROUTE.exec(location.hash);
+  const compare = COMPARE_ROUTE.exec(location.hash);
+  if (run) {
     runsView.hide();
-    runView.show(match[1]);
+    compareView.hide();
+    runView.show(run[1]);
+  } else if (compare) {
+    runsView.hide();
+    runView.hide();
+    compareView.show([...new Set(compare[1].split(","))]);
   } else {
     runView.hide();
+    compareView.hide();
     runsView.show();
     if (location.hash && location.hash !== "#/") history.replaceState(null, "", "#/");
   }
+  window.scrollTo(0, 0);
 }
 
 live.on("message", (message) => {
@@ -49,15 +60,18 @@ live.on("message", (message) => {
     // decodeRun mutates: each view gets its own copy.
     runsView.upsert(decodeRun({ ...message.run }));
     runView.handle({ ...message, run: decodeRun({ ...message.run }) });
+    compareView.handle({ ...message, run: decodeRun({ ...message.run }) });
     return;
   }
+  if (message.type === "run_deleted") runsView.remove(message.run_id);
   runView.handle(message);
+  compareView.handle(message);
 });
 
 live.on("open", ({ reconnect }) => {
+  // Run messages sent while the socket was down are fetched again.
+  // (The open run page reloads on the server's "subscribed" answer.)
   if (reconnect) loadRuns();
-  // What was pushed while the socket was down (or before it first opened) is fetched again.
-  if (reconnect || !runView.loadedLive) runView.reload();
 });
 
 live.on("state", ({ state, retryIn, reason }) => {
@@ -72,12 +86,13 @@ document.addEventListener("fitdeck:error", (ev) => reportError(ev.detail));
 
 window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
   runView.invalidateAll();
+  compareView.invalidateAll();
 });
 
 window.addEventListener("hashchange", route);
 
 // For tests and debugging in the console.
-window.fitdeck = { live, runsView, runView };
+window.fitdeck = { live, runsView, runView, compareView };
 
 if (!window.Plotly) {
   showBanner("Plotly did not load (/static/vendor/plotly.min.js): charts cannot be drawn.");

@@ -1,13 +1,18 @@
 // The page of one run: header, progress, controls (stop, learning rate),
-// metric charts (batch or epoch view), LR chart, commands and events.
+// metric charts (batch or epoch view; x by step, epoch, relative or wall
+// time; EMA smoothing; log y per chart; events marked), LR chart, commands
+// and events.
 //
-// Opening a run: subscribe on /ws/live first and buffer what arrives, fetch
-// the run, its metrics of both scopes, commands and events over HTTP, merge
-// (series deduplicate by step), then apply the buffer. After the live
-// connection comes back, the same load runs again and merges what was missed.
+// Opening a run: subscribe on /ws/live and wait for the server's
+// "subscribed" (from then on every change is pushed), then fetch the run, its
+// metrics of both scopes, commands and events over HTTP while buffering what
+// arrives live, merge (series deduplicate by step), then apply the buffer.
+// Each later "subscribed" (the live connection came back) loads again and
+// merges what was missed.
 
 import * as api from "./api.js";
 import { Chart } from "./charts.js";
+import { ChartControls } from "./controls.js";
 import { $, h, replaceChildren, setText } from "./dom.js";
 import { formatClock, formatDuration, formatLr, formatNumber, formatTime, formatValue } from "./format.js";
 import { epochsDone, statusBadge } from "./runs_view.js";
@@ -19,6 +24,7 @@ const BATCH_MAX_POINTS = 5000;
 const EPOCH_MAX_POINTS = 5000;
 const MAX_GL_CHARTS = 12; // browsers keep ~16 WebGL contexts per page
 const LR_KEY = "learning_rate";
+const SUBSCRIBE_WAIT_MS = 3000; // load anyway if the live socket does not confirm by then
 const DECIMAL = /^\s*\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/;
 
 /** The metric key a chart is named after: "val_loss" → "loss". */
@@ -47,8 +53,9 @@ export class RunView {
     this.charts = new Map(); // chart key → {card, chart, keys}
     this.lrChart = null;
     this.loadToken = 0;
-    this.loadedLive = true;
     this.timer = null;
+    this.subscribeTimer = null;
+    this.controls = new ChartControls($("#run-toolbar"), () => this.applyControls());
     this.wireControls();
   }
 
@@ -57,6 +64,7 @@ export class RunView {
   show(runId) {
     this.section.hidden = false;
     if (runId !== this.runId) this.open(runId);
+    else this.controls.refresh();
   }
 
   hide() {
@@ -84,17 +92,26 @@ export class RunView {
     setText($("#run-name"), "Loading…");
     setText($("#run-project"), "");
     $("#export-link").href = api.exportUrl(runId);
+    $("#export-json").href = api.exportJsonUrl(runId);
+    $("#export-report").href = api.reportUrl(runId);
+    setText($("#run-facts"), "");
+    this.controls.refresh();
     this.setScopeButtons();
     this.lrChart = new Chart($("#lr-chart"), {
-      xTitle: "step",
+      xMode: this.controls.xMode,
       uirevision: `${runId}:lr`,
       logY: $("#lr-log").getAttribute("aria-pressed") === "true",
     });
     this.renderCommands();
     this.renderEvents();
     this.timer = setInterval(() => this.renderProgress(), 1000);
+    this.buffer = []; // live messages wait here until the first load has merged
     this.live.subscribe([runId]);
-    this.load();
+    // The load starts on "subscribed" (see handle); without a live socket, after a while.
+    clearTimeout(this.subscribeTimer);
+    this.subscribeTimer = setTimeout(() => {
+      if (this.runId === runId && !this.run) this.load();
+    }, SUBSCRIBE_WAIT_MS);
   }
 
   close() {
@@ -102,6 +119,7 @@ export class RunView {
     this.loadToken += 1;
     this.live.subscribe([]);
     clearInterval(this.timer);
+    clearTimeout(this.subscribeTimer);
     for (const { chart } of this.charts.values()) chart.destroy();
     this.charts.clear();
     replaceChildren($("#charts"));
@@ -115,8 +133,7 @@ export class RunView {
   async load() {
     const token = ++this.loadToken;
     const runId = this.runId;
-    this.buffer = [];
-    this.loadedLive = this.live.isOpen; // else the first "open" loads again
+    if (!this.buffer) this.buffer = [];
     try {
       const [info, batch, epoch, commands, events] = await Promise.all([
         api.getRun(runId),
@@ -140,6 +157,7 @@ export class RunView {
       this.invalidateAll();
       this.renderCommands();
       this.renderEvents();
+      this.markEvents();
       this.renderProgress();
     } catch (err) {
       if (token !== this.loadToken) return;
@@ -158,15 +176,19 @@ export class RunView {
     }
   }
 
-  /** The live connection came back: fetch what may have been missed. */
-  reload() {
-    if (this.runId) this.load();
-  }
-
   // ---- live messages ---------------------------------------------------------
 
   handle(message) {
     if (!this.runId) return;
+    if (message.type === "subscribed") {
+      // Every change of the run is pushed from now on: fetch history (again after a reconnect).
+      if ((message.run_ids || []).includes(this.runId)) this.load();
+      return;
+    }
+    if (message.type === "run_deleted") {
+      if (message.run_id === this.runId) this.showDeleted();
+      return;
+    }
     const runId = message.type === "run" ? message.run.id : message.run_id;
     if (runId !== this.runId) return;
     if (this.missing) {
@@ -196,6 +218,7 @@ export class RunView {
       case "event":
         this.events.set(message.event.id, message.event);
         this.renderEvents();
+        this.markEvents();
         break;
       default:
         break;
@@ -245,11 +268,36 @@ export class RunView {
     if (run.error) setText(errorEl, `${run.error.type || "Error"}: ${run.error.message || ""}`);
     this.renderControls();
     this.renderProgress();
+    this.renderFacts();
     if (first) {
       this.renderKv($("#run-params"), run.params || {});
       this.renderMeta(run.meta || {});
     }
     if (this.lrChart) this.lrChart.invalidate();
+  }
+
+  /** "Adam · LR 0.001 · 4,810 params · 3 layers" under the name. */
+  renderFacts() {
+    const run = this.run;
+    const meta = run.meta || {};
+    const parts = [];
+    const opt = meta.optimizer && meta.optimizer.class_name;
+    if (opt) parts.push(opt);
+    if (run.lr !== null && run.lr !== undefined) parts.push(`LR ${formatLr(run.lr)}`);
+    if (meta.lr_schedule) parts.push(`schedule ${formatValue(meta.lr_schedule)}`);
+    if (Number.isFinite(meta.param_count)) parts.push(`${meta.param_count.toLocaleString()} params`);
+    if (Array.isArray(meta.layers) && meta.layers.length) parts.push(`${meta.layers.length} layers`);
+    if (meta.batch_size) parts.push(`batch ${meta.batch_size}`);
+    setText($("#run-facts"), parts.join(" · "));
+  }
+
+  /** The open run was deleted (here or in another tab). */
+  showDeleted() {
+    this.missing = true;
+    $("#run-page").hidden = true;
+    const missing = $("#run-missing");
+    missing.hidden = false;
+    setText(missing, `The run ${this.run ? `"${this.run.name || this.runId}"` : this.runId} was deleted.`);
   }
 
   renderControls() {
@@ -407,16 +455,40 @@ export class RunView {
   }
 
   setScopeButtons() {
-    const lrLog = $("#lr-log");
-    lrLog.addEventListener("click", () => {
-      const on = lrLog.getAttribute("aria-pressed") !== "true";
-      lrLog.setAttribute("aria-pressed", String(on));
-      if (this.lrChart) this.lrChart.setLogY(on);
-    });
-
     for (const b of document.querySelectorAll("#scope-switch button")) {
       b.setAttribute("aria-pressed", String(b.dataset.scope === this.scope));
     }
+  }
+
+  /** The x axis or the smoothing changed. */
+  applyControls() {
+    const { xMode, smoothing } = this.controls;
+    for (const { chart } of this.charts.values()) {
+      chart.setXMode(xMode);
+      chart.setSmoothing(smoothing);
+    }
+    if (this.lrChart) this.lrChart.setXMode(xMode);
+    this.markEvents();
+  }
+
+  /** Events drawn on the charts: LR changes, command outcomes, early stops. */
+  chartEvents() {
+    const spe = (this.run && this.run.meta && this.run.meta.steps_per_epoch) || null;
+    const out = [];
+    for (const e of [...this.events.values()].sort((a, b) => a.seq - b.seq)) {
+      const mark = eventMark(e);
+      if (!mark || e.step === null || e.step === undefined) continue;
+      // Progress in epochs, as a batch point's: from the step when the epoch length is known.
+      const epoch = spe ? e.step / spe : e.epoch;
+      out.push({ step: e.step, epoch, t: e.t, ...mark });
+    }
+    return out;
+  }
+
+  markEvents() {
+    const events = this.chartEvents();
+    for (const { chart } of this.charts.values()) chart.setEvents(events);
+    if (this.lrChart) this.lrChart.setEvents(events);
   }
 
   invalidateAll() {
@@ -449,8 +521,12 @@ export class RunView {
       }
       if (entry.keys.join("\n") !== keys.join("\n")) {
         entry.keys = keys;
-        const x = this.scope === "batch" ? "step" : "epoch+1";
-        entry.chart.setSources(keys.map((k) => ({ label: k, series: this.data.series(this.scope, k), x })));
+        const epochOffset = this.scope === "batch" ? 0 : 1;
+        const t0 = this.run ? this.run.created_at : 0;
+        entry.chart.setSources(
+          keys.map((k) => ({ label: k, series: this.data.series(this.scope, k), epochOffset, t0 })),
+        );
+        entry.chart.setEvents(this.chartEvents());
       }
     }
     if (changedOrder) {
@@ -473,17 +549,19 @@ export class RunView {
     const card = h(
       "section",
       { class: "card chart-card", dataset: { key: base } },
-      h("header", { class: "chart-head" }, h("h2", {}, base), logButton),
+      h("header", { class: "chart-head" }, h("h2", { id: `chart-title-${base}` }, base), logButton),
       div,
     );
     const chart = new Chart(div, {
-      xTitle: this.scope === "batch" ? "step" : "epoch",
+      xMode: this.controls.xMode,
+      smoothing: this.controls.smoothing,
       uirevision: `${this.runId}:${this.scope}:${base}`,
       markers: this.scope === "epoch",
       integerX: this.scope === "epoch",
       gl: this.charts.size < MAX_GL_CHARTS,
       onZoom: (range) => this.fetchZoomed(base, range),
     });
+    logButton.setAttribute("aria-label", `logarithmic y axis for ${base}`);
     logButton.addEventListener("click", () => {
       const on = logButton.getAttribute("aria-pressed") !== "true";
       logButton.setAttribute("aria-pressed", String(on));
@@ -502,12 +580,14 @@ export class RunView {
     const keys = entry.keys.filter((k) => this.data.series("batch", k).thinned);
     if (!keys.length) return;
     const runId = this.runId;
+    const steps = entry.chart.stepRange(range); // the range is in the x axis' units
+    if (!steps) return;
     try {
       const series = await api.getMetrics(runId, "batch", {
         keys,
         maxPoints: BATCH_MAX_POINTS,
-        start: Math.max(0, Math.floor(range[0])),
-        end: Math.ceil(range[1]),
+        start: Math.max(0, Math.floor(steps[0])),
+        end: Math.ceil(steps[1]),
       });
       if (runId !== this.runId) return;
       this.data.addFetched("batch", series);
@@ -523,29 +603,29 @@ export class RunView {
     const batchLr = this.data.scopes.batch.get(LR_KEY);
     const epochLr = this.data.scopes.epoch.get(LR_KEY);
     let source;
+    const t0 = this.run ? this.run.created_at : 0;
     if (batchLr && batchLr.length) {
-      const x = this.scope === "batch" ? "step" : "epoch";
       source = {
         label: LR_KEY,
         series: batchLr,
-        x,
+        epochOffset: 0,
+        t0,
         shape: "hv",
         tail: () => {
           const p = this.progress;
           if (!p) return null;
-          return { x: x === "step" ? p.step : p.epoch, y: batchLr.value[batchLr.length - 1] };
+          return { step: p.step, epoch: p.epoch, t: p.t, y: batchLr.value[batchLr.length - 1] };
         },
       };
     } else if (epochLr && epochLr.length) {
-      source = { label: LR_KEY, series: epochLr, x: "epoch+1", shape: "hv" };
+      source = { label: LR_KEY, series: epochLr, epochOffset: 1, t0, shape: "hv" };
     } else {
       return;
     }
     const current = this.lrChart.sources[0];
-    if (force || !current || current.series !== source.series || current.x !== source.x) {
-      this.lrChart.xTitle = source.x === "step" ? "step" : "epoch";
-      this.lrChart.uirevision = `${this.runId}:lr:${source.x}`;
+    if (force || !current || current.series !== source.series) {
       this.lrChart.setSources([source]);
+      this.lrChart.setEvents(this.chartEvents());
     }
   }
 
@@ -696,5 +776,21 @@ function eventText(e) {
       return `training ${d.status ?? "ended"}${d.error && d.error.message ? `: ${d.error.message}` : ""}`;
     default:
       return `${e.kind} ${JSON.stringify(d)}`;
+  }
+}
+
+/** How an event shows on the charts ({text, color}), or null for none. */
+export function eventMark(e) {
+  const d = e.data || {};
+  switch (e.kind) {
+    case "lr_change":
+      return { text: eventText(e), color: "#8250df", kind: "lr" };
+    case "command":
+      if (d.kind === "set_lr" && d.status === "applied") return null; // its lr_change marks it
+      return { text: eventText(e), color: d.status === "applied" ? "#1a7f37" : "#d1242f", kind: "command" };
+    case "early_stop":
+      return { text: eventText(e), color: "#9a6700", kind: "early_stop" };
+    default:
+      return null;
   }
 }
