@@ -138,9 +138,27 @@ def build(run: dict[str, Any], epoch: Series, batch: Series, events: list[dict[s
         )  # fmt: skip
         fig.update_yaxes(type="log", row=rows, col=1)
         fig.update_xaxes(title_text="epoch", row=rows, col=1)
-    for e in events:
-        if e["kind"] in ("lr_change", "early_stop") and e.get("epoch") is not None:
-            fig.add_vline(x=e["epoch"], line={"dash": "dot", "width": 1, "color": "#8250df"})
+    # Dotted lines at LR changes and early stops, on every chart (row 1 is the table).
+    refs = []
+    for row in range(2, rows + 1):
+        sub = fig.get_subplot(row, 1)
+        refs.append((sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name))
+    spe = (run.get("meta") or {}).get("steps_per_epoch")
+
+    def at(e: dict[str, Any]) -> Any:  # in epochs of progress, like the batch points
+        return e["step"] / spe if spe and e.get("step") is not None else e.get("epoch")
+
+    shapes = [
+        dict(
+            type="line", x0=at(e), x1=at(e), y0=0, y1=1,
+            xref=xref, yref=f"{yaxis.replace('axis', '')} domain",
+            line={"dash": "dot", "width": 1, "color": "#8250df"},
+        )
+        for e in events
+        if e["kind"] in ("lr_change", "early_stop") and at(e) is not None
+        for xref, yaxis in refs
+    ]  # fmt: skip
+    fig.update_layout(shapes=shapes)
     name = run.get("name") or run["id"]
     fig.update_layout(
         title={"text": f"{_text(name)} — {_text(run.get('status'))}"},

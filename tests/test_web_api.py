@@ -55,7 +55,11 @@ def finished_run(client: TestClient, run_id: str = RUN, n: int = 6) -> None:
     batches = [batch(i + 2, i + 1, loss=values[i % len(values)]) for i in range(n)]
     epoch = {"seq": n + 2, "type": "epoch", "t": 50.0, "step": n, "epoch": 0,
              "logs": {"loss": 0.4, "val_loss": "NaN", "learning_rate": 0.01}}  # fmt: skip
-    stream(client, run_id, start(), *batches, epoch, end(n + 3))
+    lr = {"seq": n + 3, "type": "lr", "t": 51.0, "step": n, "epoch": 1.0, "lr": 0.005,
+          "previous": 0.01, "source": "callback"}  # fmt: skip
+    early = {"seq": n + 4, "type": "event", "t": 52.0, "kind": "early_stop", "step": n,
+             "epoch": 0, "data": {"by": "callback"}}  # fmt: skip
+    stream(client, run_id, start(), *batches, epoch, lr, early, end(n + 5))
 
 
 def strict_json(text: str) -> Any:
@@ -138,7 +142,8 @@ def test_json_export_has_every_stored_value_at_full_resolution(client: TestClien
     assert answer.headers["content-disposition"].startswith("attachment")
     doc = strict_json(answer.text)
     assert doc["run"]["id"] == RUN and doc["run"]["status"] == "finished"
-    assert [e["kind"] for e in doc["events"]] == ["train_begin", "train_end"]
+    kinds = [e["kind"] for e in doc["events"]]
+    assert kinds == ["train_begin", "lr_change", "early_stop", "train_end"]
     assert doc["commands"] == []
     loss = doc["series"]["batch"]["loss"]
     assert loss["step"] == list(range(1, n + 1))  # more than max_points: nothing dropped

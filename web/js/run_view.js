@@ -94,6 +94,10 @@ export class RunView {
     $("#export-link").href = api.exportUrl(runId);
     $("#export-json").href = api.exportJsonUrl(runId);
     $("#export-report").href = api.reportUrl(runId);
+    // The same names the server gives them (Content-Disposition).
+    $("#export-link").download = `fitdeck-${runId.slice(0, 8)}.csv`;
+    $("#export-json").download = `fitdeck-${runId.slice(0, 8)}.json`;
+    $("#export-report").download = `fitdeck-${runId.slice(0, 8)}-report.html`;
     setText($("#run-facts"), "");
     this.controls.refresh();
     this.setScopeButtons();
