@@ -103,7 +103,7 @@ def train(url: str, token: str, epochs: int) -> str:
         verbose=0,
         callbacks=[
             monitor,
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3),
             pace,
         ],
     )
@@ -111,7 +111,7 @@ def train(url: str, token: str, epochs: int) -> str:
     return str(monitor.run_id)
 
 
-def shoot(url: str, token: str, run_id: str, out: Path, dark: bool) -> None:
+def shoot(url: str, token: str, run_id: str, out: Path, dark: bool, epochs: int) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -127,6 +127,8 @@ def shoot(url: str, token: str, run_id: str, out: Path, dark: bool) -> None:
         page.wait_for_selector('.chart[data-key="loss"][data-points]')
         page.wait_for_selector('.chart[data-key="accuracy"][data-points]')
         page.wait_for_selector("#run-status[data-status='finished']")
+        page.click("#scope-epoch")  # loss beside val_loss, one point per epoch
+        page.wait_for_selector(f'.chart[data-key="loss"][data-points="{2 * epochs}"]')
         page.evaluate("document.activeElement && document.activeElement.blur()")
         page.wait_for_timeout(800)  # the last coalesced redraw
         page.screenshot(path=str(out))
@@ -147,7 +149,7 @@ def main() -> None:
         try:
             run_id = train(url, token, args.epochs)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            shoot(url, token, run_id, args.out, args.dark)
+            shoot(url, token, run_id, args.out, args.dark, args.epochs)
         finally:
             proc.terminate()
             proc.wait(10)
