@@ -37,6 +37,7 @@ class ServerProcess:
     token: str | None = None
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     client: httpx.Client = field(init=False)
 
@@ -52,11 +53,13 @@ class ServerProcess:
         auth = ["--token", self.token] if self.token else ["--no-auth"]
         cmd = [sys.executable, "-m", "server", "serve", "--port", str(self.port)]
         cmd += ["--db", str(self.db_path), *auth, *self.extra_args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+        env = {**os.environ, **self.env}
+        with self.log_path.open("ab") as log:  # a file, not a pipe nobody drains
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stderr=log, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = self.log_path.read_text(errors="replace")
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {err}")
             try:
                 if self.client.get("/api/health", timeout=1).status_code == 200:
@@ -65,7 +68,12 @@ class ServerProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"server on {self.url} not healthy after {timeout} s")
 
+    @property
+    def log_path(self) -> Path:
+        return self.db_path.with_name(self.db_path.name + ".log")
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process (SIGKILL to crash it); `start()` brings it back."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -73,8 +81,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
+
+    def close(self) -> None:
+        self.stop()
         self.client.close()
 
     def run(self, run_id: str) -> dict[str, Any]:
@@ -110,13 +119,21 @@ class ServerProcess:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def spool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep the callback's spool files out of the home directory."""
+    path = tmp_path_factory.mktemp("spool")
+    os.environ["FITDECK_SPOOL_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One real server for the session, with a token, on a free port."""
     proc = ServerProcess(tmp_path_factory.mktemp("srv") / "fitdeck.db", secrets.token_hex(8))
     proc.start()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture
@@ -132,7 +149,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     yield make
     for proc in started:
-        proc.stop()
+        proc.close()
 
 
 # -- Keras --------------------------------------------------------------------
