@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -16,23 +16,13 @@ from server import ingest
 from server.auth import resolve_token
 from server.deps import AppState
 from server.errors import FitdeckError
+from server.guard import SECURITY_HEADERS, Guard
 from server.hub import Hub, TrainerLinks
 from server.routes import api, live_ws, train_ws, web
 from server.settings import Settings
 from server.store import Store
 
-__all__ = ["create_app"]
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
+__all__ = ["SECURITY_HEADERS", "create_app"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,13 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _error(400, f"Bad value for {where}: {first.get('msg', 'invalid')}.")
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+    # Host, Origin, WebSocket token and rate, body size, security headers.
+    app.add_middleware(Guard, settings=settings, token=state.token)
 
     app.include_router(api.health_router)
     app.include_router(api.router)

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from server.auth import is_loopback
 from server.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT, Settings
 
-__all__ = ["build_parser", "main", "settings_from_args"]
+__all__ = ["build_parser", "main", "settings_from_args", "warn_if_open"]
+
+log = logging.getLogger("fitdeck")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,13 +66,47 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     auth.add_argument(
         "--no-auth", action="store_true", help="turn the token off: anyone who reaches the port"
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="a host name the server answers to besides loopback and --host; repeat for more, "
+        "'*' for any (env FITDECK_ALLOWED_HOSTS, comma-separated)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env(host=args.host, port=args.port, db=args.db, token=args.token)
+    hosts = tuple(args.allowed_host) if args.allowed_host else None
+    settings = Settings.from_env(
+        host=args.host, port=args.port, db=args.db, token=args.token, allowed_hosts=hosts
+    )
     if args.no_auth:
         settings = Settings(**{**settings.__dict__, "auth": False, "token": None})
     return settings
+
+
+def warn_if_open(settings: Settings) -> None:
+    """`--no-auth` is said out loud, and louder when the port is open beyond this machine."""
+    if settings.auth:
+        return
+    if is_loopback(settings.host):
+        log.warning(
+            "auth is OFF (--no-auth): any program on this machine can stop or steer "
+            "training through %s:%s",
+            settings.host,
+            settings.port,
+        )
+        return
+    log.warning(
+        "\n%s\n auth is OFF (--no-auth) and the server listens on %s:%s, beyond this\n"
+        " machine: ANYONE WHO CAN REACH THIS PORT CAN STOP OR STEER YOUR TRAINING.\n"
+        " Drop --no-auth (a token is then required), or bind 127.0.0.1.\n%s",
+        "!" * 78,
+        settings.host,
+        settings.port,
+        "!" * 78,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    warn_if_open(settings)
     if args.command == "serve":
         from server.runner import serve
 

@@ -42,10 +42,6 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 def serve(settings: Settings) -> None:
     config = uvicorn_config(settings)
     token = app_token(config)
-    if token is None:
-        log.warning(
-            "auth is OFF (--no-auth): anyone who can reach %s may steer training", settings.host
-        )
     url = dashboard_url(settings, token)
     print(f"fitdeck serving {settings.db}: open {url}", file=sys.stderr, flush=True)
     uvicorn.Server(config).run()

@@ -24,6 +24,10 @@ class Settings:
 
     host: str = DEFAULT_HOST
     """Interface to bind. `127.0.0.1` keeps the server on this machine."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names a request's `Host` header may carry besides the loopback ones
+    (`localhost`, `127.0.0.1`, `[::1]`) and `host` when it is not a wildcard: the
+    guard against DNS rebinding. `*` allows any host."""
     port: int = DEFAULT_PORT
     """TCP port to listen on."""
     db: Path = field(default_factory=lambda: Path(DEFAULT_DB))
@@ -34,9 +38,15 @@ class Settings:
     auth: bool = True
     """`False` (`--no-auth`) lets anyone who can reach the port in."""
     max_message_bytes: int = 1 << 20
-    """Largest WebSocket frame accepted from a trainer (close 1009 above)."""
+    """Largest WebSocket frame accepted (close 1009 above) and largest HTTP request
+    body (413 above)."""
     max_keys_per_record: int = 256
     """Most metrics one batch or epoch record may carry."""
+    max_frames_per_second: float = 1000.0
+    """Frames per second one WebSocket connection may send, on average."""
+    max_frame_burst: int = 2000
+    """Frames one WebSocket connection may send in a burst above that rate; the
+    next one closes it with 1008 "rate limit"."""
     live_queue_size: int = 512
     """Messages queued for one browser before it is dropped as too slow."""
     ping_interval: float = 5.0
@@ -69,6 +79,13 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def _hosts(raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip() for h in raw.split(",") if h.strip())
+    if not hosts:
+        raise ValueError(raw)
+    return hosts
+
+
 def _port(raw: str) -> int:
     port = int(raw)
     if not 0 <= port <= 65535:
@@ -82,6 +99,7 @@ _ENV: list[tuple[str, str, Callable[[str], object]]] = [
     ("db", "FITDECK_DB", Path),
     ("token", "FITDECK_TOKEN", str),
     ("disconnect_grace", "FITDECK_DISCONNECT_GRACE", float),
+    ("allowed_hosts", "FITDECK_ALLOWED_HOSTS", _hosts),
 ]
 _ENV_HELP = {
     "FITDECK_HOST": "a host name or address",
@@ -89,4 +107,5 @@ _ENV_HELP = {
     "FITDECK_DB": "a file path",
     "FITDECK_TOKEN": "a token",
     "FITDECK_DISCONNECT_GRACE": "a number of seconds",
+    "FITDECK_ALLOWED_HOSTS": "host names separated by commas",
 }

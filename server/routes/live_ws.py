@@ -23,6 +23,7 @@ router = APIRouter()
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_SUBSCRIPTIONS = 64
 TRY_AGAIN_LATER = 1013
+UNSUPPORTED = 1003
 
 
 @router.websocket("/ws/live")
@@ -62,7 +63,13 @@ async def _pump(ws: WebSocket, sub: Subscriber) -> None:
 async def _listen(ws: WebSocket, sub: Subscriber) -> None:
     with contextlib.suppress(WebSocketDisconnect):
         while True:
-            text = await ws.receive_text()
+            frame = await ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                return
+            text = frame.get("text")
+            if text is None:
+                await ws.close(UNSUPPORTED, "Binary frames are not supported; send JSON text.")
+                return
             try:
                 message = load_json(text)
             except Exception as exc:

@@ -73,7 +73,7 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
     except ProtocolError as exc:
         log.warning("run %s: closing trainer connection: %s", run_id, exc.reason)
         if ws.client_state is WebSocketState.CONNECTED:
-            await ws.close(exc.code, exc.reason[:120])
+            await ws.close(exc.code, exc.reason.encode()[:123].decode(errors="ignore"))
     finally:
         if run_id is not None:
             state.trainers.detach(run_id, send)
@@ -155,6 +155,8 @@ async def _receive(ws: WebSocket, state: AppState, run_id: str, send: Any) -> No
         )
     except BadRequest as exc:
         raise ProtocolError(POLICY, exc.message) from None
+    except (ValueError, OverflowError, sqlite3.IntegrityError) as exc:  # nothing was stored
+        raise ProtocolError(POLICY, f"Records could not be stored: {exc}") from None
     seqs = [
         r["seq"] for r in frame["records"] if isinstance(r, dict) and isinstance(r.get("seq"), int)
     ]

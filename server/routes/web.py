@@ -8,7 +8,7 @@ import plotly
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from server.auth import COOKIE
+from server.auth import COOKIE, token_matches
 from server.deps import StateDep
 
 __all__ = ["PLOTLY_JS", "WEB_DIR", "router"]
@@ -32,11 +32,14 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 def index(request: Request, state: StateDep) -> Response:
     given = request.query_params.get("token")
     if given is not None:
-        if state.token is not None and given != state.token:
+        if state.token is not None and not token_matches(given, state.token):
             return JSONResponse(
                 {"error": {"status": 401, "message": "Wrong token in the URL."}}, status_code=401
             )
-        response: Response = RedirectResponse("/", status_code=303)
+        # The token leaves the address bar (and history) at once.
+        response: Response = RedirectResponse(
+            "/", status_code=303, headers={"Cache-Control": "no-store"}
+        )
         if state.token is not None:
             response.set_cookie(
                 COOKIE, state.token, httponly=True, samesite="strict", path="/", max_age=30 * 86400
