@@ -224,24 +224,32 @@ def serve(db: Path, *args: str, wait_for: str = "open http") -> tuple[subprocess
     assert proc.stderr is not None
     out = ""
     deadline = time.monotonic() + 30
-    while wait_for not in out:
-        line = proc.stderr.readline()
-        assert line or proc.poll() is None, f"server exited: {out}"
-        assert time.monotonic() < deadline, f"no {wait_for!r} in {out}"
-        out += line
-    base = f"http://127.0.0.1:{port}"
-    while True:  # the URL is printed just before uvicorn listens
-        try:
-            if httpx.get(base + "/api/health").status_code == 200:
-                return proc, out
-        except httpx.ConnectError:
-            assert time.monotonic() < deadline, f"{base} never became healthy"
-            time.sleep(0.05)
+    try:
+        while wait_for not in out:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, f"server exited: {out}"
+            assert time.monotonic() < deadline, f"no {wait_for!r} in {out}"
+            out += line
+        base = f"http://127.0.0.1:{port}"
+        while True:  # the URL is printed just before uvicorn listens
+            try:
+                if httpx.get(base + "/api/health").status_code == 200:
+                    return proc, out
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, f"{base} never became healthy"
+                time.sleep(0.05)
+    except BaseException:
+        stop(proc)  # never leave a server behind
+        raise
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     if proc.stderr:
         proc.stderr.close()
 
