@@ -1,0 +1,1 @@
+"""fitdeck benchmarks: `python -m bench` (see bench/run.py)."""
