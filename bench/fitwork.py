@@ -168,8 +168,11 @@ def overhead(args: dict[str, Any]) -> dict[str, Any]:
         timed_hook(callbacks[0], sink)
         fit(callbacks)
         in_fit[name] = sink
+    import shutil
+
     import tensorflow as tf
 
+    shutil.rmtree(tmp, ignore_errors=True)  # TensorBoard logs and CSV files
     return {
         "steps": per_epoch * epochs,
         "times": times,
