@@ -30,6 +30,8 @@ RECORD_TYPES = frozenset({"run_start", "batch", "epoch", "lr", "command", "event
 COMMAND_STATUSES = ("pending", "delivered", "applied", "rejected", "expired")
 FINAL_COMMAND = frozenset({"applied", "rejected", "expired"})
 RUN_END_STATUSES = frozenset(ENDED)
+RUN_PUSH_PERIOD = 1.0  # seconds
+MAX_INT = 2**63 - 1  # what SQLite's INTEGER holds
 LR_KEY = "learning_rate"
 LOST_CONTACT = "LostContact"
 
@@ -46,8 +48,8 @@ def _number(rec: dict[str, Any], name: str, *, optional: bool = False) -> float 
     if value is None and optional:
         return None
     out = decode_number(value)
-    if out is None:
-        raise _fail(rec, f"{name!r} must be a number, got {value!r}.")
+    if out is None or not math.isfinite(out):
+        raise _fail(rec, f"{name!r} must be a finite number, got {value!r}.")
     return out
 
 
@@ -55,8 +57,8 @@ def _int(rec: dict[str, Any], name: str, *, optional: bool = False) -> int | Non
     value = rec.get(name)
     if value is None and optional:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _fail(rec, f"{name!r} must be a non-negative integer, got {value!r}.")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
+        raise _fail(rec, f"{name!r} must be an integer from 0 to 2**63-1, got {value!r}.")
     return value
 
 
@@ -104,7 +106,7 @@ def _validate(rec: object, max_keys: int) -> dict[str, Any]:
     if not isinstance(rec, dict):
         raise BadRequest(f"A record must be an object, got {type(rec).__name__}.")
     seq = rec.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_INT:
         raise BadRequest(f"A record needs a positive integer 'seq', got {seq!r}.")
     kind = rec.get("type")
     if kind not in RECORD_TYPES:
@@ -381,8 +383,11 @@ def apply_records(
         assignments.append(f"{name} = ?")
         values.append(dumps(value) if name == "last_metrics" else value)
     conn.execute(f"UPDATE runs SET {', '.join(assignments)} WHERE id = ?", (*values, run_id))
-    if run_changed:
+    # Progress alone (batch points) refreshes the run's summary at most once a second.
+    pushed: dict[str, float] = cache.setdefault("run_pushed", {})
+    if run_changed or ("step" in run_set and now - pushed.get(run_id, 0.0) >= RUN_PUSH_PERIOD):
         changes.run = _run(conn, run_id)
+        pushed[run_id] = now
 
     # Only now that every statement succeeded may the memo learn of them.
     series_cache.update(new_series)
@@ -549,6 +554,10 @@ def close_lost_runs(
 def load_json(text: str) -> Any:
     """Parse a frame: strict JSON plus the non-finite string convention."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_bare_constant)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"Frame is not valid JSON: {exc}") from None
+
+
+def _bare_constant(name: str) -> float:
+    raise ValueError(f'bare {name} is not JSON; send the string "{name}" instead')
