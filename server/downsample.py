@@ -21,12 +21,13 @@ __all__ = [
     "bucket_min_max",
     "choose_level",
     "collect",
+    "n_buckets",
     "summarise",
 ]
 
-SHIFT = 6
-"""A tier bucket at level L spans `2 ** (SHIFT * L)` steps (64, 4096, 262144)."""
-LEVELS = 3
+SHIFT = 4
+"""A tier bucket at level L spans `2 ** (SHIFT * L)` steps (16, 256, 4096, 65536, 1048576)."""
+LEVELS = 5
 
 
 class Point(NamedTuple):
@@ -66,13 +67,22 @@ def summarise(points: Iterable[Point], shift: int) -> dict[int, TierAgg]:
     return out
 
 
+def n_buckets(max_points: int) -> int:
+    """Output buckets for `max_points`: up to 3 points each, one more for alignment."""
+    return max(1, max_points // 3 - 1)
+
+
 def choose_level(span: int, max_points: int) -> int:
-    """The finest level whose bucket count over `span` steps stays within budget."""
-    budget = 16 * max_points
-    for level in range(LEVELS + 1):
-        if span >> (SHIFT * level) <= budget:
-            return level
-    return LEVELS
+    """The coarsest level whose buckets are no wider than an output bucket.
+
+    Then every output bucket is made of whole tier buckets (see `bucket_min_max`),
+    and at most `16 * n_buckets` tier rows are read, whatever the series' length.
+    """
+    width = math.ceil(span / n_buckets(max_points))
+    level = 0
+    while level < LEVELS and 1 << (SHIFT * (level + 1)) <= width:
+        level += 1
+    return level
 
 
 RawFetch = Callable[[int, int], Sequence[Point]]
@@ -100,13 +110,20 @@ def collect(raw: RawFetch, tiers: TierFetch, lo: int, hi: int, level: int) -> li
     return out
 
 
-def bucket_min_max(points: Iterable[Point], lo: int, hi: int, max_points: int) -> list[Point]:
-    """At most `max_points` points: per equal-width bucket its min, max and first NaN."""
-    n_buckets = max(1, max_points // 3)
-    width = max(1, math.ceil((hi - lo + 1) / n_buckets))
+def bucket_min_max(
+    points: Iterable[Point], lo: int, hi: int, max_points: int, align: int = 1
+) -> list[Point]:
+    """At most `max_points` points: per equal-width bucket its min, max and first NaN.
+
+    Buckets start at multiples of `align` (the tier width the points came from),
+    so no tier bucket is split between two output buckets.
+    """
+    width = math.ceil((hi - lo + 1) / n_buckets(max_points))
+    width = max(align, -(-width // align) * align)
+    base = lo - lo % align
     buckets: dict[int, TierAgg] = {}
     for p in points:
-        b = (p.step - lo) // width
+        b = (p.step - base) // width
         agg = buckets.get(b)
         if agg is None:
             buckets[b] = agg = [None, None, None]

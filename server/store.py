@@ -336,8 +336,12 @@ class Store:
         start: int | None,
         end: int | None,
     ) -> tuple[list[Point], bool]:
+        # Two subqueries: SQLite reads only the ends of the index for a lone min()
+        # or max(), but scans the whole series for both in one SELECT.
         first, last = conn.execute(
-            "SELECT min(step), max(step) FROM points WHERE series_id = ?", (series_id,)
+            "SELECT (SELECT min(step) FROM points WHERE series_id = ?),"
+            " (SELECT max(step) FROM points WHERE series_id = ?)",
+            (series_id, series_id),
         ).fetchone()
         if first is None:
             return [], False
@@ -377,7 +381,8 @@ class Store:
 
         level = downsample.choose_level(hi - lo + 1, max_points)
         candidates = downsample.collect(raw, tiers, lo, hi, level)
-        return downsample.bucket_min_max(candidates, lo, hi, max_points), True
+        align = 1 << (downsample.SHIFT * level)
+        return downsample.bucket_min_max(candidates, lo, hi, max_points, align), True
 
 
 # -- row shapes ---------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,20 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN))
     with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         yield c
+
+
+def status_soon(client: TestClient, expected: str, run_id: str = RUN) -> bool:
+    """The run's status becomes `expected` within a second.
+
+    TestClient cancels a WebSocket's handler when the test leaves it; the write
+    the handler had submitted (e.g. "disconnected") still lands, a moment later.
+    """
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if client.get(f"/api/runs/{run_id}").json()["run"]["status"] == expected:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def start(seq: int = 1, **meta: Any) -> dict[str, Any]:
@@ -81,7 +96,7 @@ def test_replayed_records_are_stored_once(client: TestClient) -> None:
     ws.__exit__(None, None, None)
     loss = client.get(f"/api/runs/{RUN}/metrics", params={"scope": "batch"}).json()
     assert loss["series"]["loss"]["step"] == list(range(1, 9))
-    assert client.get(f"/api/runs/{RUN}").json()["run"]["status"] == "disconnected"
+    assert status_soon(client, "disconnected")
 
 
 def test_welcome_reports_the_last_stored_sequence_number(client: TestClient) -> None:
@@ -91,7 +106,7 @@ def test_welcome_reports_the_last_stored_sequence_number(client: TestClient) -> 
     with client.websocket_connect("/ws/train") as again:
         again.send_text(json.dumps({"type": "hello", "protocol": 1, "run_id": RUN}))
         assert again.receive_json() == {"type": "welcome", "run_id": RUN, "last_seq": 2}
-    assert client.get(f"/api/runs/{RUN}").json()["run"]["status"] == "disconnected"
+    assert status_soon(client, "disconnected")
 
 
 def test_non_finite_values_round_trip_as_strict_json(client: TestClient) -> None:

@@ -33,7 +33,8 @@ def query(pts: list[Point], lo: int, hi: int, max_points: int, level: int) -> li
         return [p for b, agg in tiers[lvl].items() if b0 <= b <= b1 for p in agg if p is not None]
 
     candidates = downsample.collect(raw, tier, lo, hi, level)
-    return downsample.bucket_min_max(candidates, lo, hi, max_points)
+    align = 1 << (downsample.SHIFT * level)
+    return downsample.bucket_min_max(candidates, lo, hi, max_points, align)
 
 
 def test_every_bucket_keeps_its_min_max_and_first_nan() -> None:
@@ -42,12 +43,12 @@ def test_every_bucket_keeps_its_min_max_and_first_nan() -> None:
     for i in (17, 5000, 9999):
         values[i] = None
     pts = points(values)
-    out = downsample.bucket_min_max(pts, 0, 9999, max_points=300)
-    assert len(out) <= 300
-    n_buckets, width = 100, 100
-    assert math.ceil(10_000 / n_buckets) == width
-    for b in range(n_buckets):
-        chunk = [p for p in pts[b * width : (b + 1) * width]]
+    out = downsample.bucket_min_max(pts, 0, 9999, max_points=303)
+    assert len(out) <= 303
+    width = 100  # 10,000 steps over the 100 buckets that 303 points allow
+    assert downsample.n_buckets(303) == 100
+    for b in range(100):
+        chunk = pts[b * width : (b + 1) * width]
         finite = [p.value for p in chunk if p.value is not None]
         kept = [p for p in out if b * width <= p.step < (b + 1) * width]
         assert min(finite) in [p.value for p in kept]
@@ -63,26 +64,28 @@ def test_tiers_give_the_same_extremes_as_the_raw_points() -> None:
     pts[123_456] = pts[123_456]._replace(value=50.0)
     pts[7] = pts[7]._replace(value=None)
     lo, hi = 1000, 299_000  # ragged edges at every level
-    from_raw = downsample.bucket_min_max(
-        [p for p in pts if lo <= p.step <= hi], lo, hi, max_points=600
-    )
     level = downsample.choose_level(hi - lo + 1, 600)
     assert level >= 1  # the query does not read raw points
+    align = 1 << (downsample.SHIFT * level)
+    from_raw = downsample.bucket_min_max(
+        [p for p in pts if lo <= p.step <= hi], lo, hi, max_points=600, align=align
+    )
     from_tiers = query(pts, lo, hi, 600, level)
-    assert [p.value for p in from_tiers] == [p.value for p in from_raw]
+    assert len(from_tiers) <= 600
+    assert from_tiers == from_raw  # exactly the raw buckets' extremes
     assert 50.0 in [p.value for p in from_tiers]
     # NaN outside the range stays outside
     assert all(p.value is not None for p in from_tiers)
 
 
 def test_level_choice_bounds_the_rows_read() -> None:
-    assert downsample.choose_level(10_000, 1000) == 0
-    assert downsample.choose_level(1_000_000, 1000) == 1
-    assert downsample.choose_level(10_000_000, 1000) == 2
-    assert downsample.choose_level(100_000_000, 1000) == 3
+    assert downsample.choose_level(3_000, 2000) == 0  # 5-step output buckets: raw points
+    assert downsample.choose_level(10_000, 2000) == 1  # 16-step buckets: 16-step tiers
+    assert downsample.choose_level(1_000_000, 2000) == 2  # 1,503-step buckets: 256-step tiers
     for span in (10**4, 10**6, 10**8, 10**9):
-        level = downsample.choose_level(span, 1000)
-        assert span >> (downsample.SHIFT * level) <= 16 * 1000 or level == downsample.LEVELS
+        level = downsample.choose_level(span, 2000)
+        rows = span >> (downsample.SHIFT * level)
+        assert rows <= 16 * downsample.n_buckets(2000) or level == downsample.LEVELS
 
 
 def test_collect_reads_finer_levels_only_at_the_edges() -> None:
@@ -98,5 +101,5 @@ def test_collect_reads_finer_levels_only_at_the_edges() -> None:
 
     downsample.collect(raw, tier, 10, 100_000, 2)
     raw_rows = sum(b - a + 1 for kind, a, b in reads if kind == "raw")
-    assert raw_rows < 2 * 64  # only the ragged ends
-    assert ("L2", 1, 23) in reads  # whole 4096-step buckets in the middle
+    assert raw_rows < 2 * 16  # only the ragged ends
+    assert ("L2", 1, 389) in reads  # whole 256-step buckets in the middle
