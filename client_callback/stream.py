@@ -35,7 +35,8 @@ log = logging.getLogger("fitdeck.callback")
 BATCH, EPOCH, RECORD = 0, 1, 2
 SEND_CHUNK = 1000
 CHUNKS_PER_POLL = 8
-POLL_SECONDS = 0.05
+FLUSH_SECONDS = 0.1  # the oldest unsent record waits at most this long for company
+POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
 
 
@@ -259,6 +260,13 @@ class Stream:
             if not self._unacked or self._unacked[-1]["seq"] <= after:
                 return []
             start = max(0, after - self._unacked[0]["seq"] + 1)
+            # Coalesce like Nagle: a frame costs the server far more than a record.
+            if (
+                len(self._unacked) - start < SEND_CHUNK
+                and time.time() - self._unacked[start]["t"] < FLUSH_SECONDS
+                and not self._finishing.is_set()
+            ):
+                return []
             return list(itertools.islice(self._unacked, start, start + SEND_CHUNK))
 
     def _handle(self, message: dict[str, Any]) -> None:

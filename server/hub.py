@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+from server.ingest import live_points
 from server.jsonutil import dumps
 
 __all__ = ["Hub", "Subscriber", "TrainerLinks"]
@@ -68,10 +69,10 @@ class Hub:
         """Push what one write changed (`server.ingest.Changes`)."""
         if changes.run is not None:
             self.run(changes.run)
-        for scope, points in changes.points.items():
-            self.to_run(
-                run_id, {"type": "metrics", "run_id": run_id, "scope": scope, "points": points}
-            )
+        if changes.records and any(run_id in sub.run_ids for sub in self.subscribers):
+            for scope, points in live_points(changes.records).items():
+                message = {"type": "metrics", "run_id": run_id, "scope": scope, "points": points}
+                self.to_run(run_id, message)
         for event in changes.events:
             self.to_run(run_id, {"type": "event", "run_id": run_id, "event": event})
         for command in changes.commands:

@@ -77,15 +77,15 @@ def _logs(rec: dict[str, Any], max_keys: int) -> dict[str, float]:
         raise _fail(rec, "'logs' must be an object of metric values.")
     if len(logs) > max_keys:
         raise _fail(rec, f"{len(logs)} metrics in one record; the limit is {max_keys}.")
-    out: dict[str, float] = {}
-    for key, value in logs.items():
+    for key, value in logs.items():  # the hot loop of ingest: floats pass as they are
         if len(key) > MAX_NAME:
             raise _fail(rec, f"metric name longer than {MAX_NAME} characters: {key[:40]!r}…")
-        number = decode_number(value)
-        if number is None:
-            raise _fail(rec, f"metric {key!r} has value {value!r}, not a number.")
-        out[key] = number
-    return out
+        if type(value) is not float:
+            number = decode_number(value)
+            if number is None:
+                raise _fail(rec, f"metric {key!r} has value {value!r}, not a number.")
+            logs[key] = number  # the frame was parsed for us: ours to normalise
+    return logs
 
 
 def validate_records(raw: object, max_keys: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -171,7 +171,9 @@ class Changes:
 
     last_seq: int
     run: dict[str, Any] | None = None
-    points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """Stored `batch`, `epoch` and `lr` records: the live push builds its points from
+    them, and only when a browser follows the run."""
     events: list[dict[str, Any]] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)
 
@@ -221,29 +223,50 @@ def _series_id(
 Row = tuple[int, int, float, float, "float | None"]
 
 
-def _store_tiers(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    """Fold new points into the min/max/NaN summaries of every level."""
-    by_series: dict[int, list[Point]] = {}
-    for sid, step, epoch, t, value in rows:
-        by_series.setdefault(sid, []).append(Point(step, epoch, t, value))
+def tier_rows(rows: list[Row]) -> list[tuple[Any, ...]]:
+    """The min/max/NaN summaries of every level for new point rows, as `tiers` rows.
+
+    Level 1 is folded straight from the rows (the per-point hot loop); each
+    higher level from the level below's summary points.
+    """
+    shift = downsample.SHIFT
+    first: dict[tuple[int, int], list[Any]] = {}
+    get = first.get
+    for row in rows:
+        sid, step, _epoch, _t, v = row
+        key = (sid, step >> shift)
+        agg = get(key)
+        if agg is None:
+            first[key] = [row, row, None] if v is not None else [None, None, row]
+        elif v is None:
+            if agg[2] is None or step < agg[2][1]:
+                agg[2] = row
+        elif agg[0] is None:
+            agg[0] = agg[1] = row
+        elif v < agg[0][4] or (v == agg[0][4] and step < agg[0][1]):
+            agg[0] = row
+        elif v > agg[1][4] or (v == agg[1][4] and step < agg[1][1]):
+            agg[1] = row
     out: list[tuple[Any, ...]] = []
+    by_series: dict[int, list[Point]] = {}
+    for (sid, bucket), (lo, hi, nan) in first.items():
+        out.append(_tier_row(sid, 1, bucket, *(p and Point(*p[1:]) for p in (lo, hi, nan))))
+        by_series.setdefault(sid, []).extend(Point(*p[1:]) for p in (lo, hi, nan) if p)
     for sid, points in by_series.items():
-        level_points: list[Point] = points
-        for level in range(1, downsample.LEVELS + 1):
-            aggs = downsample.summarise(level_points, downsample.SHIFT * level)
-            next_points: list[Point] = []
-            for bucket, (lo, hi, nan) in aggs.items():
-                out.append(
-                    (
-                        sid, level, bucket,
-                        *(lo if lo else (None, None, None, None)),
-                        *(hi if hi else (None, None, None, None)),
-                        *((nan.step, nan.epoch, nan.t) if nan else (None, None, None)),
-                    )
-                )  # fmt: skip
-                next_points.extend(p for p in (lo, hi, nan) if p is not None)
-            level_points = next_points
-    conn.executemany(TIER_UPSERT, out)
+        for level in range(2, downsample.LEVELS + 1):
+            aggs = downsample.summarise(points, shift * level)
+            points = []
+            for bucket, (lo_p, hi_p, nan_p) in aggs.items():
+                out.append(_tier_row(sid, level, bucket, lo_p, hi_p, nan_p))
+                points.extend(p for p in (lo_p, hi_p, nan_p) if p is not None)
+    return out
+
+
+def _tier_row(
+    sid: int, level: int, bucket: int, lo: Point | None, hi: Point | None, nan: Point | None
+) -> tuple[Any, ...]:
+    none4 = (None, None, None, None)
+    return (sid, level, bucket, *(lo or none4), *(hi or none4), *(nan[:3] if nan else none4[:3]))
 
 
 def apply_records(
@@ -274,34 +297,33 @@ def apply_records(
     def sid(scope: str, key: str) -> int:
         return _series_id(conn, series_cache, new_series, run_id, scope, key)
 
+    series_of: dict[tuple[str, ...], list[int]] = {}
+    last_logs: dict[str, float] | None = None
+
     for rec in records:
         kind, t, seq = rec["type"], rec["t"], rec["seq"]
         if kind == "batch" or kind == "epoch":
             logs: dict[str, float] = rec["logs"]
             step, epoch = rec["step"], rec["epoch"]
-            for key, value in logs.items():
-                v = None if math.isnan(value) else value
-                rows.append((sid(kind, key), step, epoch, t, v))
-            changes.points.setdefault(kind, []).append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "t": t,
-                    "logs": {k: encode_number(v) for k, v in logs.items()},
-                }
+            keys = (kind, *logs)  # the same metrics, record after record: look ids up once
+            sids = series_of.get(keys)
+            if sids is None:
+                sids = series_of[keys] = [sid(kind, key) for key in logs]
+            rows.extend(
+                (s, step, epoch, t, None if v != v else v)  # NaN is NULL in SQLite
+                for s, v in zip(sids, logs.values(), strict=True)
             )
+            changes.records.append(rec)
             if kind == "batch":
                 run_set["step"] = max(step, run_set.get("step", 0))
-                run_set["last_metrics"] = changes.points["batch"][-1]["logs"]
+                last_logs = logs
             else:
                 run_set["epoch"] = int(epoch)
                 run_changed = True
         elif kind == "lr":
             lr = rec["lr"]
             rows.append((sid("batch", LR_KEY), rec["step"], rec["epoch"], t, lr))
-            changes.points.setdefault("batch", []).append(
-                {"step": rec["step"], "epoch": rec["epoch"], "t": t, "logs": {LR_KEY: lr}}
-            )
+            changes.records.append(rec)
             data = {"lr": lr, "previous": rec["previous"], "source": rec["source"]}
             if rec["command_id"] is not None:
                 data["command_id"] = rec["command_id"]
@@ -365,7 +387,7 @@ def apply_records(
 
     if rows:
         conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
-        _store_tiers(conn, rows)
+        conn.executemany(TIER_UPSERT, tier_rows(rows))
     for seq, t, kind, step, epoch, data in events:
         cur = conn.execute(
             "INSERT OR IGNORE INTO events (run_id, seq, t, kind, step, epoch, data)"
@@ -376,6 +398,8 @@ def apply_records(
         if row is not None:
             changes.events.append(event_dict(row))
 
+    if last_logs is not None:
+        run_set["last_metrics"] = {k: encode_number(v) for k, v in last_logs.items()}
     new_last = records[-1]["seq"]
     assignments = ["last_seq = ?", "updated_at = ?"]
     values: list[Any] = [new_last, now]
@@ -394,6 +418,19 @@ def apply_records(
     cache["runs"][run_id] = _RunState(new_last, status or "running")
     changes.last_seq = new_last
     return changes
+
+
+def live_points(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The `metrics` messages' points, by scope, for stored records."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec["type"] == "lr":
+            scope, logs = "batch", {LR_KEY: rec["lr"]}
+        else:
+            scope, logs = rec["type"], {k: encode_number(v) for k, v in rec["logs"].items()}
+        point = {"step": rec["step"], "epoch": rec["epoch"], "t": rec["t"], "logs": logs}
+        out.setdefault(scope, []).append(point)
+    return out
 
 
 def _run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:

@@ -103,3 +103,20 @@ def test_collect_reads_finer_levels_only_at_the_edges() -> None:
     raw_rows = sum(b - a + 1 for kind, a, b in reads if kind == "raw")
     assert raw_rows < 2 * 16  # only the ragged ends
     assert ("L2", 1, 389) in reads  # whole 256-step buckets in the middle
+
+
+def test_the_writer_folds_rows_into_the_same_tiers_as_the_reference() -> None:
+    from server.ingest import _tier_row, tier_rows
+
+    rng = random.Random(2)
+    rows = []
+    for step in range(1, 5000):
+        for sid in (7, 9):
+            value = None if rng.random() < 0.01 else float(rng.randint(-50, 50))  # with ties
+            rows.append((sid, step, step / 100, 1000.0 + step, value))
+    expected = set()
+    for sid in (7, 9):
+        pts = [Point(*r[1:]) for r in rows if r[0] == sid]
+        for level, aggs in tiers_of(pts).items():
+            expected |= {_tier_row(sid, level, b, *agg) for b, agg in aggs.items()}
+    assert set(tier_rows(rows)) == expected
