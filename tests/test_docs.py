@@ -77,3 +77,11 @@ def test_client_callback_without_keras_says_what_to_install() -> None:
     assert out.returncode == 1
     assert "ImportError: client_callback needs Keras 3" in out.stderr
     assert "pip install 'fitdeck[tf]'" in out.stderr
+
+
+def test_every_test_the_readme_cites_exists() -> None:
+    cited = re.findall(r"`(test_\w+\.py)::(test_\w+)`", README)
+    assert len(cited) >= 10
+    for filename, name in cited:
+        source = (ROOT / "tests" / filename).read_text()
+        assert f"def {name}(" in source, f"README cites {filename}::{name}, which does not exist"
