@@ -200,7 +200,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch_base += self._max_batch + 1
         self._max_batch = -1
-        self._check_lr("callback")
+        self._check_lr()
         epoch_logs = dict(logs or {})
         if "learning_rate" not in epoch_logs and self._lr is not None:
             epoch_logs["learning_rate"] = self._lr
@@ -221,7 +221,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         while self._inbox:
             command = self._inbox.popleft()
             self._command_status(command, "expired", "training ended before the next batch", where)
-        self._check_lr("callback")
+        self._check_lr()
         self._record({"type": "run_end", "t": time.time(), "status": status, "error": error})
         spooled = self._stream.finish(self.flush_timeout)
         if spooled:
@@ -246,7 +246,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def _between_batches(self, batch: int) -> None:
         if self._lr_check:
             self._lr_check = False
-            self._check_lr("callback", batch)
+            self._check_lr(batch)
         while self._inbox:
             self._apply(self._inbox.popleft(), batch)
 
@@ -314,12 +314,12 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         except Exception:  # an optimizer without a readable LR: nothing to chart
             return None
 
-    def _check_lr(self, source: str, batch: int | None = None) -> None:
+    def _check_lr(self, batch: int | None = None) -> None:
+        """Note an LR changed by someone else: a schedule, or another callback."""
         lr = self._read_lr()
         if lr is not None and lr != self._lr:
-            optimizer = self.model.optimizer
-            if _schedule_name(optimizer) is not None:
-                source = "schedule"
+            scheduled = _schedule_name(self.model.optimizer) is not None
+            source = "schedule" if scheduled else "callback"
             self._record_lr(lr, previous=self._lr, source=source, batch=batch)
 
     def _record_lr(
@@ -340,8 +340,6 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         record = {"type": "lr", "t": time.time(), "step": where["step"], "epoch": progress,
                   "lr": encode_value(lr), "previous": encode_value(previous),
                   "source": source}  # fmt: skip
-        if previous is None:
-            record["previous"] = None
         if command_id is not None:
             record["command_id"] = command_id
         self._record(record)

@@ -15,7 +15,6 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from server import ingest
-from server.auth import is_authorized, origin_allowed
 from server.deps import AppState, StateDep
 from server.errors import BadRequest
 from server.hub import command_frame
@@ -41,13 +40,7 @@ class ProtocolError(Exception):
 
 @router.websocket("/ws/train")
 async def train_ws(ws: WebSocket, state: StateDep) -> None:
-    await ws.accept()
-    if not origin_allowed(ws):
-        await ws.close(POLICY, "Origin not allowed.")
-        return
-    if not is_authorized(ws, state.token):
-        await ws.close(POLICY, "Missing or wrong token.")
-        return
+    await ws.accept()  # Host, Origin and token were checked by server.guard.Guard
     run_id: str | None = None
     send_lock = asyncio.Lock()
 
