@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
@@ -248,7 +249,7 @@ class Stream:
             chunk = self._next_chunk()
             if not chunk:
                 return False
-            ws.send(json.dumps({"type": "records", "records": chunk}, allow_nan=False))
+            ws.send(orjson.dumps({"type": "records", "records": chunk}), text=True)
             self._sent_seq = chunk[-1]["seq"]
         return True
 

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from server import downsample
 from server.downsample import Point
 from server.errors import BadRequest, Conflict, NotFound
@@ -88,18 +90,25 @@ def _logs(rec: dict[str, Any], max_keys: int) -> dict[str, float]:
     return logs
 
 
-def validate_records(raw: object, max_keys: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Clean records from a `records` frame, and one message per record refused."""
+def validate_records(raw: object, max_keys: int) -> tuple[list[dict[str, Any]], list[str], int]:
+    """Clean records from a `records` frame, one message per record refused, and the
+    highest valid `seq` seen (refused records are acknowledged too: resending them
+    would not help)."""
     if not isinstance(raw, list):
         raise BadRequest("'records' must be a list.")
     good: list[dict[str, Any]] = []
     errors: list[str] = []
+    top = 0
     for rec in raw:
         try:
             good.append(_validate(rec, max_keys))
+            top = max(top, good[-1]["seq"])
         except BadRequest as exc:
             errors.append(exc.message)
-    return good, errors
+            seq = rec.get("seq") if isinstance(rec, dict) else None
+            if type(seq) is int and 1 <= seq <= MAX_INT:
+                top = max(top, seq)
+    return good, errors, top
 
 
 def _validate(rec: object, max_keys: int) -> dict[str, Any]:
@@ -589,7 +598,15 @@ def close_lost_runs(
 
 
 def load_json(text: str) -> Any:
-    """Parse a frame: strict JSON plus the non-finite string convention."""
+    """Parse a frame: strict JSON (no bare NaN/Infinity) plus the non-finite strings.
+
+    orjson parses; the standard library re-reads only what orjson refused, for
+    its clearer messages and for numbers like 1e999, which overflow to Infinity.
+    """
+    try:
+        return orjson.loads(text)
+    except (ValueError, RecursionError):
+        pass
     try:
         return json.loads(text, parse_constant=_bare_constant)
     except (ValueError, RecursionError) as exc:

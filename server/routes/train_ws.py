@@ -134,7 +134,7 @@ async def _receive(ws: WebSocket, state: AppState, run_id: str, send: Any) -> No
         await send(dumps({"type": "error", "message": f"Unknown frame type {kind!r}."}))
         return
     try:
-        records, errors = ingest.validate_records(
+        records, errors, top_seq = ingest.validate_records(
             frame.get("records"), state.settings.max_keys_per_record
         )
     except BadRequest as exc:
@@ -150,7 +150,4 @@ async def _receive(ws: WebSocket, state: AppState, run_id: str, send: Any) -> No
         raise ProtocolError(POLICY, exc.message) from None
     except (ValueError, OverflowError, sqlite3.IntegrityError) as exc:  # nothing was stored
         raise ProtocolError(POLICY, f"Records could not be stored: {exc}") from None
-    seqs = [
-        r["seq"] for r in frame["records"] if isinstance(r, dict) and isinstance(r.get("seq"), int)
-    ]
-    await send(dumps({"type": "ack", "seq": max([changes.last_seq, *seqs])}))
+    await send(dumps({"type": "ack", "seq": max(changes.last_seq, top_seq)}))
