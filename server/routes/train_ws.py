@@ -7,7 +7,8 @@ import contextlib
 import logging
 import re
 import sqlite3
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -27,6 +28,7 @@ router = APIRouter()
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 HELLO_TIMEOUT = 10.0
+MAX_IN_FLIGHT = 4  # frames being stored while the next is read
 POLICY = 1008
 UNSUPPORTED = 1003
 
@@ -59,8 +61,7 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
         await send(dumps({"type": "welcome", "run_id": run_id, "last_seq": connected.last_seq}))
         for command in await state.store.write(lambda c: ingest.unfinished_commands(c, run_id)):
             await send(dumps({"type": "command", "command": command_frame(command)}))
-        while True:
-            await _receive(ws, state, run_id, send)
+        await _receive_all(ws, state, run_id, send)
     except WebSocketDisconnect:
         pass
     except ProtocolError as exc:
@@ -78,13 +79,13 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
                 )
 
 
-async def _store(
+def _submit(
     state: AppState, run_id: str, fn: Callable[[sqlite3.Connection], ingest.Changes]
-) -> ingest.Changes:
-    """Write, and push what changed to browsers in commit order.
+) -> asyncio.Future[ingest.Changes]:
+    """Queue a write, and the push of what it changed to browsers, in commit order.
 
-    The push hangs on the commit, not on this task, so it happens even when the
-    connection's task is cancelled while it waits.
+    The push hangs on the commit, not on whoever awaits the result, so it
+    happens even when the connection's task is cancelled meanwhile.
     """
     loop = asyncio.get_running_loop()
     future = state.store.submit(fn)
@@ -95,7 +96,13 @@ async def _store(
                 loop.call_soon_threadsafe(state.hub.changes, run_id, done.result())
 
     future.add_done_callback(publish)
-    return await asyncio.shield(asyncio.wrap_future(future))
+    return asyncio.shield(asyncio.wrap_future(future))
+
+
+async def _store(
+    state: AppState, run_id: str, fn: Callable[[sqlite3.Connection], ingest.Changes]
+) -> ingest.Changes:
+    return await _submit(state, run_id, fn)
 
 
 async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
@@ -126,26 +133,51 @@ async def _hello(ws: WebSocket) -> str:
     return run_id
 
 
-async def _receive(ws: WebSocket, state: AppState, run_id: str, send: Any) -> None:
-    """Handle one `records` frame: validate, store, ack, push live."""
+async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -> None:
+    """Read, validate and store `records` frames; ack each once it is committed.
+
+    Up to MAX_IN_FLIGHT frames are stored while the next ones are read and parsed:
+    SQLite releases the GIL, so parsing and storing overlap on two cores.
+    """
+    in_flight: deque[asyncio.Task[None]] = deque()
+    try:
+        while True:
+            stored = await _receive(ws, state, run_id, send)
+            if stored is not None:
+                in_flight.append(asyncio.ensure_future(stored))
+            while in_flight and (len(in_flight) >= MAX_IN_FLIGHT or in_flight[0].done()):
+                await in_flight.popleft()
+    finally:
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def _receive(
+    ws: WebSocket, state: AppState, run_id: str, send: Any
+) -> Awaitable[None] | None:
+    """Take one frame; for a `records` frame, what acks it once it is stored."""
     frame = await _frame(ws)
     if not isinstance(frame, dict) or frame.get("type") != "records":
         kind = frame.get("type") if isinstance(frame, dict) else type(frame).__name__
         await send(dumps({"type": "error", "message": f"Unknown frame type {kind!r}."}))
-        return
+        return None
     try:
         records, errors, top_seq = ingest.validate_records(
             frame.get("records"), state.settings.max_keys_per_record
         )
     except BadRequest as exc:
         await send(dumps({"type": "error", "message": exc.message}))
-        return
+        return None
     for message in errors:
         await send(dumps({"type": "error", "message": message}))
+    stored = _submit(
+        state, run_id, lambda c: ingest.apply_records(c, state.store.cache, run_id, records)
+    )
+    return _ack(stored, top_seq, send)
+
+
+async def _ack(stored: Awaitable[ingest.Changes], top_seq: int, send: Any) -> None:
     try:
-        changes = await _store(
-            state, run_id, lambda c: ingest.apply_records(c, state.store.cache, run_id, records)
-        )
+        changes = await stored
     except BadRequest as exc:
         raise ProtocolError(POLICY, exc.message) from None
     except (ValueError, OverflowError, sqlite3.IntegrityError) as exc:  # nothing was stored
