@@ -372,7 +372,7 @@ def test_server_killed_during_ingest_burst_keeps_its_database_and_replay_fills_i
                     errors.append(exc)
 
     def kill_mid_burst(frame: int) -> None:
-        if frame == 12:  # of 30, sent without waiting: the server is busy storing
+        if frame == 20:  # of 30, sent without waiting: the server is busy storing
             server.stop(signal.SIGKILL)
 
     reader = threading.Thread(target=read_while_writing, daemon=True)
@@ -387,10 +387,13 @@ def test_server_killed_during_ingest_burst_keeps_its_database_and_replay_fills_i
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             stored = conn.execute("SELECT count(*) FROM points").fetchone()[0]
+            row = conn.execute("SELECT last_seq FROM runs WHERE id = ?", (run_id,)).fetchone()
+        last_seq = row[0] if row else 0
         assert stored < 3 * (len(records) - 1)  # the kill did cut the burst short
+        assert stored == 3 * max(last_seq - 1, 0)  # points and last_seq commit together
         server.start()
         resumed_from = send_from(server.url, run_id, records, wait_acks=True)
-        assert resumed_from == stored // 3 + 1  # the welcome knows what is stored
+        assert resumed_from == last_seq  # the welcome knows what is stored
         loss = server.series(run_id, "batch", "loss")
         assert loss["step"] == list(range(1, len(records)))
         with sqlite3.connect(db) as conn:
