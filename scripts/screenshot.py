@@ -57,24 +57,8 @@ def train(url: str, token: str, epochs: int) -> str:
     import keras
 
     from client_callback import LiveMonitor
-    from server.demo import spirals
+    from server.demo import train_spirals
 
-    x, y = spirals()
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((2,)),
-            keras.layers.Dense(64, activation="relu", name="hidden_1"),
-            keras.layers.Dense(64, activation="relu", name="hidden_2"),
-            keras.layers.Dense(3, activation="softmax", name="classes"),
-        ],
-        name="spiral_mlp",
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.01),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     monitor = LiveMonitor(
         url=url,
         token=token,
@@ -91,22 +75,7 @@ def train(url: str, token: str, epochs: int) -> str:
                 f"/api/runs/{monitor.run_id}/commands", json={"kind": "set_lr", "lr": 0.003}
             )
 
-    pace = keras.callbacks.LambdaCallback(
-        on_epoch_end=halfway, on_train_batch_end=lambda b, logs: time.sleep(0.004)
-    )
-    model.fit(
-        x,
-        y,
-        epochs=epochs,
-        batch_size=32,
-        validation_split=0.2,
-        verbose=0,
-        callbacks=[
-            monitor,
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3),
-            pace,
-        ],
-    )
+    train_spirals(monitor, epochs, 0.004, keras.callbacks.LambdaCallback(on_epoch_end=halfway))
     client.close()
     return str(monitor.run_id)
 

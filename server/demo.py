@@ -17,7 +17,7 @@ import uvicorn
 from server.runner import app_token, dashboard_url, uvicorn_config
 from server.settings import Settings
 
-__all__ = ["run_demo", "spirals"]
+__all__ = ["run_demo", "spirals", "train_spirals"]
 
 log = logging.getLogger("fitdeck.demo")
 
@@ -34,6 +34,42 @@ def spirals(n: int = 3000, arms: int = 3, seed: int = 0) -> tuple[Any, Any]:
     return x, label.astype("int32")
 
 
+def train_spirals(monitor: Any, epochs: int, batch_pause: float, *extra: Any) -> Any:
+    """Fit a small MLP on `spirals()` with `monitor`, ReduceLROnPlateau and `extra`
+    callbacks, each batch lasting at least `batch_pause` seconds; the History."""
+    import keras
+
+    x, y = spirals()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((2,)),
+            keras.layers.Dense(64, activation="relu", name="hidden_1"),
+            keras.layers.Dense(64, activation="relu", name="hidden_2"),
+            keras.layers.Dense(3, activation="softmax", name="classes"),
+        ],
+        name="spiral_mlp",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    pace = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: time.sleep(batch_pause)
+    )
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3)
+    return model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=32,
+        validation_split=0.2,
+        verbose=0,
+        callbacks=[monitor, reduce_lr, pace, *extra],
+    )
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -46,8 +82,6 @@ def _port_free(host: str, port: int) -> bool:
 def run_demo(settings: Settings, epochs: int = 30, keep_serving: bool = True) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter short
     try:
-        import keras
-
         from client_callback import LiveMonitor
     except ImportError as exc:
         print(f"fitdeck demo needs Keras with TensorFlow: {exc}", file=sys.stderr)
@@ -70,23 +104,6 @@ def run_demo(settings: Settings, epochs: int = 30, keep_serving: bool = True) ->
     token = app_token(config)
     print(f"fitdeck demo: open {dashboard_url(settings, token)}", file=sys.stderr, flush=True)
 
-    x, y = spirals()
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((2,)),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(3, activation="softmax"),
-        ],
-        name="spiral_mlp",
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.01),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    pace = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.02))
     monitor = LiveMonitor(
         url=f"http://127.0.0.1:{settings.port}",
         token=token,
@@ -95,19 +112,7 @@ def run_demo(settings: Settings, epochs: int = 30, keep_serving: bool = True) ->
         params={"hidden": [64, 64], "data": "3 spirals, 3000 points", "batch_size": 32},
     )
     try:
-        model.fit(
-            x,
-            y,
-            epochs=epochs,
-            batch_size=32,
-            validation_split=0.2,
-            verbose=0,
-            callbacks=[
-                monitor,
-                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3),
-                pace,
-            ],
-        )
+        train_spirals(monitor, epochs, batch_pause=0.02)
         print("training finished", file=sys.stderr, flush=True)
         if keep_serving:
             print("the dashboard stays up; press Ctrl-C to stop", file=sys.stderr, flush=True)
