@@ -39,6 +39,7 @@ CHUNKS_PER_POLL = 8
 FLUSH_SECONDS = 0.1  # the oldest unsent record waits at most this long for company
 POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
+REFUSALS = (1003, 1008, 1009)  # close codes for a bad token or bad data: no retry
 
 
 class FitdeckWarning(UserWarning):
@@ -184,12 +185,14 @@ class Stream:
             except ProtocolRefused as exc:
                 self.warn_once("refused", f"fitdeck: the server refused this run: {exc}")
                 return
-            except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, InvalidURI) as exc:
-                self.warn_once(
-                    "unreachable",
-                    f"fitdeck: cannot stream to {self.ws_url} ({type(exc).__name__}: {exc}); "
-                    "training goes on and records are kept to resend.",
-                )
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code in REFUSALS:  # retrying cannot help
+                    reason = f"{exc.rcvd.code} {exc.rcvd.reason}"
+                    self.warn_once("refused", f"fitdeck: the server refused this run: {reason}")
+                    return
+                self._warn_unreachable(exc)
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                self._warn_unreachable(exc)
             finally:
                 self.connected = False
             if self._finishing.is_set():
@@ -200,6 +203,13 @@ class Stream:
             self._wake.wait(delay)
             self._wake.clear()
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _warn_unreachable(self, exc: Exception) -> None:
+        self.warn_once(
+            "unreachable",
+            f"fitdeck: cannot stream to {self.ws_url} ({type(exc).__name__}: {exc}); "
+            "training goes on and records are kept to resend.",
+        )
 
     def _connect(self) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -236,11 +246,6 @@ class Stream:
                 message = ws.recv(timeout=0 if more else POLL_SECONDS)
             except TimeoutError:
                 continue
-            except ConnectionClosed as exc:
-                rcvd = exc.rcvd
-                if rcvd is not None and rcvd.code in (1003, 1008, 1009):
-                    raise ProtocolRefused(f"{rcvd.code} {rcvd.reason}") from None
-                raise
             self._handle(json.loads(message))
 
     def _send_some(self, ws: ClientConnection) -> bool:

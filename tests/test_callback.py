@@ -215,3 +215,24 @@ def test_terminate_on_nan_stops_and_the_nan_is_stored(server: ServerProcess) -> 
     assert server.run(mon.run_id)["status"] == "finished"
     events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
     assert any(e["kind"] == "early_stop" for e in events)
+
+
+def test_a_wrong_token_is_one_clear_warning_and_the_records_are_kept(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    import warnings
+
+    from client_callback import FitdeckWarning
+
+    x, y = make_data(128)
+    model = make_model()
+    mon = LiveMonitor(url=server.url, token="not-the-token", spool_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[mon])
+    ours = [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+    assert len(history.epoch) == 2
+    assert any("refused" in m and "Missing or wrong token" in m for m in ours), ours
+    assert server.client.get(f"/api/runs/{mon.run_id}").status_code == 404
+    spooled = (tmp_path / f"{mon.run_id}.jsonl").read_text().splitlines()
+    assert len(spooled) - 1 == 1 + 1 + 8 + 2 + 1  # run_start, lr, batches, epochs, run_end

@@ -298,7 +298,7 @@ def test_killed_trainer_is_disconnected_then_failed_after_the_grace_period(db: P
     server = ServerProcess(db, "tok", env={"FITDECK_DISCONNECT_GRACE": "2"}).start()
     try:
         proc, run_id = trainer(server)
-        server.wait_for(lambda: progress(server, run_id) >= 3, what="batches to arrive")
+        server.wait_for(lambda: progress(server, run_id) >= 3, timeout=60, what="batches")
         server.client.post(f"/api/runs/{run_id}/commands", json={"kind": "set_lr", "lr": 1e-9})
         proc.kill()
         proc.communicate(timeout=30)
