@@ -50,11 +50,15 @@ class Hub:
     def remove(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
-    def run(self, run: dict[str, Any]) -> None:
-        """A run's summary changed: every browser hears of it."""
-        text = dumps({"type": "run", "run": run})
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """A message for every browser."""
+        text = dumps(message)
         for sub in self.subscribers:
             sub.offer(text)
+
+    def run(self, run: dict[str, Any]) -> None:
+        """A run's summary changed: every browser hears of it."""
+        self.broadcast({"type": "run", "run": run})
 
     def to_run(self, run_id: str, message: dict[str, Any]) -> None:
         """A message for the browsers following `run_id`."""

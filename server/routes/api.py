@@ -6,7 +6,6 @@ import csv
 import io
 import itertools
 import math
-import sqlite3
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -118,27 +117,18 @@ def export_csv(run_id: str, state: StateDep) -> StreamingResponse:
     filename = f"fitdeck-{run_id[:8]}.csv"
 
     def rows() -> Iterator[str]:
-        # Its own connection: a streamed body is pulled from more than one thread.
-        conn = sqlite3.connect(state.store.path, check_same_thread=False)
-        try:
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(["scope", "key", "step", "epoch", "t", "value"])
-            cursor = conn.execute(
-                "SELECT s.scope, s.key, p.step, p.epoch, p.t, p.value FROM series s"
-                " JOIN points p ON p.series_id = s.id WHERE s.run_id = ?"
-                " ORDER BY s.scope, s.key, p.step",
-                (run["id"],),
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["scope", "key", "step", "epoch", "t", "value"])
+        for scope, key, points in store.iter_series_points(state.store.path, run["id"]):
+            writer.writerows(
+                (scope, key, p.step, p.epoch, p.t, "nan" if p.value is None else p.value)
+                for p in points
             )
-            while batch := cursor.fetchmany(5000):
-                for scope, key, step, epoch, t, value in batch:
-                    writer.writerow([scope, key, step, epoch, t, "nan" if value is None else value])
-                yield buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
             yield buf.getvalue()
-        finally:
-            conn.close()
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue()
 
     return StreamingResponse(
         rows(),
@@ -177,9 +167,7 @@ def parse_rename(body: bytes) -> str:
 @router.delete("/runs/{run_id}", status_code=204)
 async def delete_run(run_id: str, state: StateDep) -> Response:
     await state.store.write(lambda c: store.delete_run(c, run_id=run_id, cache=state.store.cache))
-    text = dumps({"type": "run_deleted", "run_id": run_id})
-    for sub in list(state.hub.subscribers):
-        sub.offer(text)
+    state.hub.broadcast({"type": "run_deleted", "run_id": run_id})
     return Response(status_code=204)
 
 
