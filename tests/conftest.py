@@ -152,6 +152,23 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         proc.close()
 
 
+# -- in process ---------------------------------------------------------------
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[Any]:
+    """The app in-process (`TestClient` runs its lifespan) with the token in every request."""
+    from fastapi.testclient import TestClient
+
+    from server import Settings, create_app
+
+    app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        yield c
+
+
 # -- Keras --------------------------------------------------------------------
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server import Settings, create_app
+from tests.conftest import TOKEN
 
 RUN = "0123456789abcdef0123456789abcdef"
-TOKEN = "s3cret-token"
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN))
-    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
-        yield c
 
 
 def status_soon(client: TestClient, expected: str, run_id: str = RUN) -> bool:
