@@ -236,3 +236,29 @@ def test_a_wrong_token_is_one_clear_warning_and_the_records_are_kept(
     assert server.client.get(f"/api/runs/{mon.run_id}").status_code == 404
     spooled = (tmp_path / f"{mon.run_id}.jsonl").read_text().splitlines()
     assert len(spooled) - 1 == 1 + 1 + 8 + 2 + 1  # run_start, lr, batches, epochs, run_end
+
+
+def test_works_beside_learning_rate_scheduler_and_tensorboard(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    pytest.importorskip("tensorboard")
+    x, y = make_data(256)
+    model = make_model(lr=0.01)
+    mon = monitor(server, run_name="beside-scheduler")
+    halve_after_first = keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr: lr if epoch == 0 else lr * 0.5
+    )
+    board = keras.callbacks.TensorBoard(log_dir=str(tmp_path / "tb"), update_freq=1)
+    history = model.fit(
+        x, y, epochs=3, batch_size=32, verbose=0, callbacks=[mon, halve_after_first, board]
+    )
+
+    assert len(history.epoch) == 3
+    assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))  # TensorBoard wrote
+    lr = server.series(mon.run_id, "batch", "learning_rate")
+    # the scheduler acts in on_epoch_begin, after LiveMonitor's: seen at the epoch's first batch
+    assert lr["step"] == [0, 8, 16]
+    assert lr["value"] == [pytest.approx(0.01), pytest.approx(0.005), pytest.approx(0.0025)]
+    events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
+    sources = [e["data"]["source"] for e in events if e["kind"] == "lr_change"]
+    assert sources == ["callback", "callback"]
