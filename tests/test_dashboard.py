@@ -245,3 +245,19 @@ def test_lost_live_connection_reconnects_and_fills_the_gap(
     assert dashboard.traces("loss", role="raw")[0]["x"] == list(range(1, total + 1))
     assert len(dashboard.metric_requests()) > fetched  # what was missed came over HTTP
     page.locator("#run-status", has_text="finished").wait_for()
+
+
+@pytest.mark.browser
+def test_a_browser_without_the_token_is_told_how_to_sign_in(
+    chromium: Any, server: ServerProcess
+) -> None:
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/")
+        banner = page.get_by_text("Not signed in: open the dashboard URL printed by")
+        banner.wait_for(timeout=10_000)
+        assert "?token=" in banner.inner_text()
+        assert page.locator("#runs-body tr").count() == 0  # and it shows no data
+    finally:
+        context.close()

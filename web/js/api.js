@@ -66,11 +66,12 @@ async function request(path, { method = "GET", body } = {}) {
     data = null;
   }
   if (!response.ok) {
+    // A browser is signed in by its cookie: say how to get one, not how to send a header.
     const message =
-      (data && data.error && data.error.message) ||
-      (response.status === 401
+      response.status === 401
         ? "Not signed in: open the dashboard URL printed by `fitdeck serve` (it ends in ?token=…)."
-        : `The server answered ${response.status} ${response.statusText} to ${method} ${path}.`);
+        : (data && data.error && data.error.message) ||
+          `The server answered ${response.status} ${response.statusText} to ${method} ${path}.`;
     throw new ApiError(response.status, message);
   }
   return data;
