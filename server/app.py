@@ -16,7 +16,7 @@ from server import ingest
 from server.auth import resolve_token
 from server.deps import AppState
 from server.errors import FitdeckError
-from server.guard import SECURITY_HEADERS, Guard
+from server.guard import SECURITY_HEADERS, Guard, error_response
 from server.hub import Hub, TrainerLinks
 from server.routes import api, live_ws, train_ws, web
 from server.settings import Settings
@@ -55,13 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(FitdeckError)
     async def fitdeck_error(request: Request, exc: FitdeckError) -> JSONResponse:
-        return _error(exc.status, exc.message)
+        return error_response(exc.status, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(400, f"Bad value for {where}: {first.get('msg', 'invalid')}.")
+        return error_response(400, f"Bad value for {where}: {first.get('msg', 'invalid')}.")
 
     # Host, Origin, WebSocket token and rate, body size, security headers.
     app.add_middleware(Guard, settings=settings, token=state.token)
@@ -85,7 +85,3 @@ async def close_lost_runs(state: AppState) -> None:
         )
         for run_id, changes in closed:
             state.hub.changes(run_id, changes)
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)

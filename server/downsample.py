@@ -1,10 +1,10 @@
 """Min/max-preserving downsampling over multi-resolution summaries.
 
 Points are stored at full resolution (level 0) and summarised in tiers: at
-level L a bucket spans `64**L` steps and keeps its minimum point, its maximum
-point and its first NaN point. A query reads the coarsest tier fine enough for
-the requested resolution, plus finer tiers only at the two ragged edges of the
-range, so the rows read depend on `max_points`, not on the run's length.
+level L a bucket spans `16**L` steps and keeps its minimum point, its maximum
+point and its first NaN point. A query reads the coarsest tier no wider than
+an output bucket, plus finer tiers only at the two ragged edges of the range,
+so the rows read depend on `max_points`, not on the run's length.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from server.auth import allowed_hosts, host_allowed, is_authorized, origin_allow
 from server.errors import FitdeckError
 from server.settings import Settings
 
-__all__ = ["SECURITY_HEADERS", "BodyTooLarge", "Guard", "TokenBucket"]
+__all__ = ["SECURITY_HEADERS", "BodyTooLarge", "Guard", "TokenBucket", "error_response"]
 
 log = logging.getLogger("fitdeck.guard")
 
@@ -106,7 +106,7 @@ class Guard:
         refusal = self._refuse_http(scope)
         if refusal is not None:
             status, message = refusal
-            await _error(status, message)(scope, receive, send_with_headers)
+            await error_response(status, message)(scope, receive, send_with_headers)
             return
 
         limit = self.settings.max_message_bytes
@@ -125,10 +125,12 @@ class Guard:
             await self.app(scope, capped_receive, send_with_headers)
         except BodyTooLarge as exc:  # read outside a route's error handling
             if not started:
-                await _error(exc.status, exc.message)(scope, receive, send_with_headers)
+                await error_response(exc.status, exc.message)(scope, receive, send_with_headers)
         except Exception:
             if not started:  # the 500 carries the headers too; the error is still logged
-                await _error(500, "Internal server error.")(scope, receive, send_with_headers)
+                await error_response(500, "Internal server error.")(
+                    scope, receive, send_with_headers
+                )
             raise
 
     def _refuse_http(self, scope: Scope) -> tuple[int, str] | None:
@@ -210,6 +212,6 @@ def _host_message(headers: Headers) -> str:
     )
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def error_response(status: int, message: str) -> JSONResponse:
     body: dict[str, Any] = {"error": {"status": status, "message": message}}
     return JSONResponse(body, status_code=status)
