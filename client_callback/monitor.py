@@ -18,17 +18,16 @@ from typing import Any
 
 import keras
 
-from client_callback.stream import BATCH, EPOCH, RECORD, Stream, encode_value
+from client_callback.stream import BATCH, EPOCH, RECORD, Stream
+from server.protocol import DEFAULT_URL, LR_KEY, MAX_NAME, Env, Rec, encode_value
 
 __all__ = ["LiveMonitor"]
 
 log = logging.getLogger("fitdeck.callback")
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 _ACTIVE: weakref.WeakSet[LiveMonitor] = weakref.WeakSet()
 """Monitors whose `fit` has begun and not ended."""
 _hooks_installed = False
-MAX_NAME = 200
 
 
 class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
@@ -102,8 +101,8 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         ping_timeout: float = 10.0,
     ) -> None:
         super().__init__()
-        url = url or os.environ.get("FITDECK_URL") or DEFAULT_URL
-        token = token or os.environ.get("FITDECK_TOKEN") or None
+        url = url or os.environ.get(Env.URL) or DEFAULT_URL
+        token = token or os.environ.get(Env.TOKEN) or None
         for name, value in (("run_name", run_name), ("project", project)):
             if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME):
                 raise ValueError(
@@ -177,15 +176,9 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._thread_ident = threading.get_ident()
         self._fits += 1
         self._stopped_by_command = False
+        name = self.run_name or f"{self.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self._record(
-            {
-                "type": "run_start",
-                "t": time.time(),
-                "name": self.run_name or f"{self.model.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                "project": self.project,
-                "params": self.user_params,
-                "meta": self._describe(),
-            }
+            Rec.run_start(time.time(), name, self.project, self.user_params, self._describe())
         )
         lr = self._read_lr()
         self._record_lr(lr, previous=None, source="initial")
@@ -202,16 +195,15 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._max_batch = -1
         self._check_lr()
         epoch_logs = dict(logs or {})
-        if "learning_rate" not in epoch_logs and self._lr is not None:
-            epoch_logs["learning_rate"] = self._lr
+        if LR_KEY not in epoch_logs and self._lr is not None:
+            epoch_logs[LR_KEY] = self._lr
         self._stream.put((EPOCH, epoch, self._epoch_base, time.time(), epoch_logs))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         model = self.model
         if getattr(model, "stop_training", False) and not self._stopped_by_command:
-            self._record({"type": "event", "t": time.time(), "kind": "early_stop",
-                          "step": self._epoch_base, "epoch": self._epoch,
-                          "data": {"by": "callback"}})  # fmt: skip
+            self._record(Rec.event(time.time(), "early_stop", {"by": "callback"},
+                                   step=self._epoch_base, epoch=self._epoch))  # fmt: skip
         self._end("stopped" if self._stopped_by_command else "finished", None)
 
     def _end(self, status: str, error: dict[str, str] | None) -> None:
@@ -222,7 +214,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             command = self._inbox.popleft()
             self._command_status(command, "expired", "training ended before the next batch", where)
         self._check_lr()
-        self._record({"type": "run_end", "t": time.time(), "status": status, "error": error})
+        self._record(Rec.run_end(time.time(), status, error))
         spooled = self._stream.finish(self.flush_timeout)
         if spooled:
             self._stream.warn_once(
@@ -295,8 +287,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def _command_status(
         self, command: dict[str, Any], status: str, reason: str | None, where: dict[str, Any]
     ) -> None:
-        self._record({"type": "command", "t": time.time(), "id": command.get("id"),
-                      "status": status, "reason": reason, **where})  # fmt: skip
+        self._record(Rec.command(time.time(), command.get("id"), status, reason, **where))
 
     def _where(self, batch: int | None) -> dict[str, Any]:
         """Epoch, batch index and the global step from which something acts."""
@@ -337,12 +328,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         where = self._where(batch)
         spe = self.params.get("steps") if self.params else None
         progress = self._epoch + (where["step"] - self._epoch_base) / spe if spe else self._epoch
-        record = {"type": "lr", "t": time.time(), "step": where["step"], "epoch": progress,
-                  "lr": encode_value(lr), "previous": encode_value(previous),
-                  "source": source}  # fmt: skip
-        if command_id is not None:
-            record["command_id"] = command_id
-        self._record(record)
+        self._record(Rec.lr(time.time(), where["step"], progress, lr, previous, source, command_id))
 
     # -- helpers -------------------------------------------------------------------
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
-import math
 import random
 import threading
 import time
@@ -21,15 +19,15 @@ import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from client_callback.spool import Spool, default_spool_dir
+from server.protocol import Close, Msg, Rec, dumps, encode_value, loads, train_ws_url
+from server.spool import Spool, default_spool_dir
 
-__all__ = ["BATCH", "EPOCH", "RECORD", "FitdeckWarning", "Stream", "train_ws_url"]
+__all__ = ["BATCH", "EPOCH", "RECORD", "FitdeckWarning", "Stream"]
 
 log = logging.getLogger("fitdeck.callback")
 
@@ -39,7 +37,6 @@ CHUNKS_PER_POLL = 8
 FLUSH_SECONDS = 0.1  # the oldest unsent record waits at most this long for company
 POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
-REFUSALS = (1003, 1008, 1009)  # close codes for a bad token or bad data: no retry
 
 
 class FitdeckWarning(UserWarning):
@@ -48,28 +45,6 @@ class FitdeckWarning(UserWarning):
 
 class ProtocolRefused(Exception):
     """The server closed the stream for a reason a retry cannot fix."""
-
-
-def train_ws_url(url: str) -> str:
-    """`http://host:8000[/prefix]` → `ws://host:8000[/prefix]/ws/train`."""
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None or not parts.netloc:
-        raise ValueError(f"url must look like 'http://host:port', got {url!r}.")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws/train", "", ""))
-
-
-def encode_value(value: Any) -> float | str | None:
-    """A log value as strict JSON; `None` when it is not a scalar number."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if math.isfinite(number):
-        return number
-    if math.isnan(number):
-        return "NaN"
-    return "Infinity" if number > 0 else "-Infinity"
 
 
 class Stream:
@@ -186,7 +161,7 @@ class Stream:
                 self.warn_once("refused", f"fitdeck: the server refused this run: {exc}")
                 return
             except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code in REFUSALS:  # retrying cannot help
+                if exc.rcvd is not None and exc.rcvd.code in Close.REFUSALS:  # retrying cannot help
                     reason = f"{exc.rcvd.code} {exc.rcvd.reason}"
                     self.warn_once("refused", f"fitdeck: the server refused this run: {reason}")
                     return
@@ -227,8 +202,8 @@ class Stream:
 
     def _session(self, ws: ClientConnection) -> bool:
         """Stream until everything is sent after `finish` (True) or the link drops (raises)."""
-        ws.send(json.dumps({"type": "hello", "protocol": 1, "run_id": self.run_id}))
-        welcome = json.loads(ws.recv(timeout=self.connect_timeout))
+        ws.send(dumps(Msg.hello(self.run_id)))
+        welcome = loads(ws.recv(timeout=self.connect_timeout))
         if welcome.get("type") != "welcome":
             raise ProtocolRefused(f"expected a welcome, got {welcome!r}")
         last_seq = int(welcome.get("last_seq", 0))
@@ -246,7 +221,7 @@ class Stream:
                 message = ws.recv(timeout=0 if more else POLL_SECONDS)
             except TimeoutError:
                 continue
-            self._handle(json.loads(message))
+            self._handle(loads(message))
 
     def _send_some(self, ws: ClientConnection) -> bool:
         """Send a few chunks not sent yet; True when more are waiting."""
@@ -254,7 +229,7 @@ class Stream:
             chunk = self._next_chunk()
             if not chunk:
                 return False
-            ws.send(orjson.dumps({"type": "records", "records": chunk}), text=True)
+            ws.send(orjson.dumps(Msg.records(chunk)), text=True)
             self._sent_seq = chunk[-1]["seq"]
         return True
 
@@ -286,8 +261,7 @@ class Stream:
                 return  # resent after a reconnect; it is handled once
             self._seen_commands.add(command["id"])
             self.inbox.append(command)
-            self.buffer.append((RECORD, {"type": "command", "id": command["id"],
-                                         "status": "delivered", "t": time.time()}))  # fmt: skip
+            self.buffer.append((RECORD, Rec.command(time.time(), command["id"], "delivered")))
         elif kind == "error":
             self.warn_once("server-error", f"fitdeck: the server refused a record: {message}")
 
@@ -336,12 +310,10 @@ class Stream:
             _, epoch, batch, step, t, logs = item
             spe = self._steps_per_epoch
             progress = epoch + (batch + 1) / spe if spe else epoch
-            return {"type": "batch", "t": t, "step": step, "epoch": progress,
-                    "logs": self._clean(logs)}  # fmt: skip
+            return Rec.metrics("batch", t, step, progress, self._clean(logs))
         if kind == EPOCH:
             _, epoch, step, t, logs = item
-            return {"type": "epoch", "t": t, "step": step, "epoch": epoch,
-                    "logs": self._clean(logs)}  # fmt: skip
+            return Rec.metrics("epoch", t, step, epoch, self._clean(logs))
         record: dict[str, Any] = item[1]
         if record["type"] == "run_start":
             self._steps_per_epoch = record["meta"].get("steps_per_epoch")

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from server import ingest
+from server import lifecycle
 from server.auth import resolve_token
 from server.deps import AppState
 from server.errors import FitdeckError
@@ -81,7 +81,7 @@ async def close_lost_runs(state: AppState) -> None:
     while True:
         await asyncio.sleep(min(max(grace / 4, 0.05), 30.0))
         closed = await state.store.write(
-            lambda c: ingest.close_lost_runs(c, state.store.cache, grace)
+            lambda c: lifecycle.close_lost_runs(c, state.store.memory, grace)
         )
         for run_id, changes in closed:
             state.hub.changes(run_id, changes)

@@ -134,16 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_sync(args: argparse.Namespace) -> int:
-    try:
-        from client_callback.sync import sync
-    except ImportError as exc:
-        print(f"fitdeck sync: {exc}", file=sys.stderr)
-        return 2
+    from server.sync import sync
+
     results = sync(args.path, url=args.url, token=args.token, timeout=args.timeout)
     if not results:
         print("fitdeck sync: nothing to upload", file=sys.stderr)
     for r in results:
-        outcome = "uploaded" if r.done else "NOT uploaded (server unreachable or refused)"
+        outcome = (
+            "uploaded" if r.done else f"NOT uploaded ({r.error or 'not acknowledged in time'})"
+        )
         print(f"{r.path}: run {r.run_id}, {r.records} records {outcome} to {r.url}")
     return 0 if all(r.done for r in results) else 1
 

@@ -25,13 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.auth import allowed_hosts, host_allowed, is_authorized, origin_allowed
 from server.errors import FitdeckError
+from server.protocol import Close
 from server.settings import Settings
 
 __all__ = ["SECURITY_HEADERS", "BodyTooLarge", "Guard", "TokenBucket", "error_response"]
 
 log = logging.getLogger("fitdeck.guard")
 
-POLICY = 1008
+POLICY = Close.POLICY
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/api/health"})  # health probes may use any Host
 # Starlette's in-process TestClient: no network peer (uvicorn always puts the

@@ -10,10 +10,10 @@ import asyncio
 import logging
 from typing import Any
 
-from server.ingest import live_points
-from server.jsonutil import dumps
+from server.lifecycle import Changes
+from server.protocol import LR_KEY, Msg, dumps, encode_number
 
-__all__ = ["Hub", "Subscriber", "TrainerLinks"]
+__all__ = ["Hub", "Subscriber", "TrainerLinks", "live_points"]
 
 log = logging.getLogger("fitdeck.hub")
 
@@ -58,7 +58,7 @@ class Hub:
 
     def run(self, run: dict[str, Any]) -> None:
         """A run's summary changed: every browser hears of it."""
-        self.broadcast({"type": "run", "run": run})
+        self.broadcast(Msg.run(run))
 
     def to_run(self, run_id: str, message: dict[str, Any]) -> None:
         """A message for the browsers following `run_id`."""
@@ -69,18 +69,17 @@ class Hub:
                     text = dumps(message)
                 sub.offer(text)
 
-    def changes(self, run_id: str, changes: Any) -> None:
-        """Push what one write changed (`server.ingest.Changes`)."""
+    def changes(self, run_id: str, changes: Changes) -> None:
+        """Push what one write changed."""
         if changes.run is not None:
             self.run(changes.run)
         if changes.records and any(run_id in sub.run_ids for sub in self.subscribers):
             for scope, points in live_points(changes.records).items():
-                message = {"type": "metrics", "run_id": run_id, "scope": scope, "points": points}
-                self.to_run(run_id, message)
+                self.to_run(run_id, Msg.metrics(run_id, scope, points))
         for event in changes.events:
-            self.to_run(run_id, {"type": "event", "run_id": run_id, "event": event})
+            self.to_run(run_id, Msg.event(run_id, event))
         for command in changes.commands:
-            self.to_run(run_id, {"type": "command", "run_id": run_id, "command": command})
+            self.to_run(run_id, Msg.command(command, run_id))
 
 
 class TrainerLinks:
@@ -106,14 +105,22 @@ class TrainerLinks:
         send = self._links.get(run_id)
         if send is None:
             return False
-        frame = {"type": "command", "command": command_frame(command)}
         try:
-            await send(dumps(frame))
+            await send(dumps(Msg.command(command)))
         except Exception as exc:  # the trainer's link is going away; it gets it on reconnect
             log.info("could not deliver command %s to run %s: %s", command["id"], run_id, exc)
             return False
         return True
 
 
-def command_frame(command: dict[str, Any]) -> dict[str, Any]:
-    return {"id": command["id"], "kind": command["kind"], "lr": command["lr"]}
+def live_points(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The `metrics` messages' points, by scope, for stored records."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec["type"] == "lr":
+            scope, logs = "batch", {LR_KEY: rec["lr"]}
+        else:
+            scope, logs = rec["type"], {k: encode_number(v) for k, v in rec["logs"].items()}
+        point = {"step": rec["step"], "epoch": rec["epoch"], "t": rec["t"], "logs": logs}
+        out.setdefault(scope, []).append(point)
+    return out

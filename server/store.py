@@ -24,16 +24,14 @@ from typing import Any, TypeVar
 from server import downsample
 from server.downsample import Point
 from server.errors import Conflict, NotFound
+from server.memory import WriterMemory
 
-__all__ = ["ENDED", "Store"]
+__all__ = ["Store"]
 
 log = logging.getLogger("fitdeck.store")
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], T]
-
-ENDED = frozenset({"finished", "stopped", "failed"})
-"""Run statuses after which no command can apply."""
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -156,7 +154,7 @@ class Store:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self.cache: dict[str, Any] = {}
+        self.memory = WriterMemory()
         """Writer-thread-only memo (series ids, run sequence numbers)."""
 
     # -- lifecycle -----------------------------------------------------------
@@ -250,7 +248,7 @@ class Store:
             log.exception("write batch of %d tasks failed", len(tasks))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self.cache.clear()  # the memo may describe rows that were rolled back
+            self.memory.clear()  # the memo may describe rows that were rolled back
             results = [(future, None, exc) for _fn, future in tasks]
         for future, result, error in results:
             # A caller that stopped waiting (cancelled) still had its write done.
@@ -426,8 +424,6 @@ def command_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 # -- run management (write functions for `Store.write`) and full exports ------------
 
-MAX_RUN_NAME = 200
-
 
 def rename_run(conn: sqlite3.Connection, run_id: str, name: str) -> dict[str, Any]:
     """Give a run a new name; returns the run."""
@@ -441,11 +437,11 @@ def rename_run(conn: sqlite3.Connection, run_id: str, name: str) -> dict[str, An
     return run_dict(row)
 
 
-def delete_run(conn: sqlite3.Connection, cache: dict[str, Any], run_id: str) -> None:
+def delete_run(conn: sqlite3.Connection, memory: WriterMemory, run_id: str) -> None:
     """Delete a run with its series, points, tiers, events and commands.
 
-    `cache` is the writer's memo (`Store.cache`): the run's entries go too, so a
-    later run cannot be handed a deleted series id.
+    The writer's memo of the run goes too, so a later run cannot be handed a
+    deleted series id.
     """
     row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
@@ -461,10 +457,7 @@ def delete_run(conn: sqlite3.Connection, cache: dict[str, Any], run_id: str) -> 
     for table in ("series", "events", "commands"):
         conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
     conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-    cache.get("runs", {}).pop(run_id, None)
-    series_cache: dict[tuple[str, str, str], int] = cache.get("series", {})
-    for key in [k for k in series_cache if k[0] == run_id]:
-        del series_cache[key]
+    memory.forget(run_id)
 
 
 def iter_series_points(

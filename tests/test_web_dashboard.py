@@ -454,7 +454,7 @@ def million_point_server(tmp_path: Path, make_server: Any) -> tuple[ServerProces
     n = 1_000_000
     start = {"seq": 1, "type": "run_start", "t": 1e9, "name": "million", "project": "big",
              "params": {}, "meta": {"epochs": 10, "steps_per_epoch": n // 10}}  # fmt: skip
-    futures = [store.submit(lambda c: ingest.apply_records(c, store.cache, run_id, [start]))]
+    futures = [store.submit(lambda c: ingest.apply_records(c, store.memory, run_id, [start]))]
     chunk = 25_000
     for a in range(1, n + 1, chunk):
         records = [
@@ -463,11 +463,11 @@ def million_point_server(tmp_path: Path, make_server: Any) -> tuple[ServerProces
             for s in range(a, min(n + 1, a + chunk))
         ]  # fmt: skip
         futures.append(
-            store.submit(lambda c, r=records: ingest.apply_records(c, store.cache, run_id, r))
+            store.submit(lambda c, r=records: ingest.apply_records(c, store.memory, run_id, r))
         )
     end = {"seq": n + 2, "type": "run_end", "t": 1e9 + n * 0.01, "status": "finished",
            "error": None}  # fmt: skip
-    futures.append(store.submit(lambda c: ingest.apply_records(c, store.cache, run_id, [end])))
+    futures.append(store.submit(lambda c: ingest.apply_records(c, store.memory, run_id, [end])))
     for f in futures:
         f.result()
     store.close()

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from server import ingest, report, store
+from server import commands, report, store
 from server.deps import Authorized, StateDep
 from server.errors import BadRequest
-from server.jsonutil import dumps, encode_number
+from server.protocol import MAX_NAME, FrameError, Msg, dumps, encode_number, loads
 
 __all__ = ["health_router", "router"]
 
@@ -88,14 +88,21 @@ def list_commands(run_id: str, state: StateDep) -> dict[str, Any]:
 @router.post("/runs/{run_id}/commands", status_code=202)
 async def post_command(run_id: str, request: Request, state: StateDep) -> Response:
     kind, lr = parse_command(await request.body())
-    command = await state.store.write(lambda c: ingest.create_command(c, run_id, kind, lr))
-    state.hub.to_run(run_id, {"type": "command", "run_id": run_id, "command": command})
+    command = await state.store.write(lambda c: commands.create_command(c, run_id, kind, lr))
+    state.hub.to_run(run_id, Msg.command(command, run_id))
     await state.trainers.send_command(run_id, command)
     return JSONResponse({"command": command}, status_code=202)
 
 
+def _json_body(body: bytes) -> Any:
+    try:
+        return loads(body.decode("utf-8", errors="replace") or "null")
+    except FrameError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def parse_command(body: bytes) -> tuple[str, float | None]:
-    payload = ingest.load_json(body.decode("utf-8", errors="replace") or "null")
+    payload = _json_body(body)
     if not isinstance(payload, dict):
         raise BadRequest('The body must be a JSON object such as {"kind": "stop"}.')
     kind = payload.get("kind")
@@ -149,16 +156,16 @@ async def rename_run(run_id: str, request: Request, state: StateDep) -> dict[str
 
 
 def parse_rename(body: bytes) -> str:
-    payload = ingest.load_json(body.decode("utf-8", errors="replace") or "null")
+    payload = _json_body(body)
     if not isinstance(payload, dict) or "name" not in payload:
         raise BadRequest('The body must be a JSON object such as {"name": "baseline"}.')
     name = payload["name"]
     if not isinstance(name, str):
         raise BadRequest(f"'name' must be a string, got {name!r}.")
     name = name.strip()
-    if not 1 <= len(name) <= store.MAX_RUN_NAME:
+    if not 1 <= len(name) <= MAX_NAME:
         raise BadRequest(
-            f"'name' must have 1 to {store.MAX_RUN_NAME} characters (spaces around it"
+            f"'name' must have 1 to {MAX_NAME} characters (spaces around it"
             f" trimmed), got {len(name)}."
         )
     return name
@@ -166,8 +173,8 @@ def parse_rename(body: bytes) -> str:
 
 @router.delete("/runs/{run_id}", status_code=204)
 async def delete_run(run_id: str, state: StateDep) -> Response:
-    await state.store.write(lambda c: store.delete_run(c, run_id=run_id, cache=state.store.cache))
-    state.hub.broadcast({"type": "run_deleted", "run_id": run_id})
+    await state.store.write(lambda c: store.delete_run(c, state.store.memory, run_id))
+    state.hub.broadcast(Msg.run_deleted(run_id))
     return Response(status_code=204)
 
 

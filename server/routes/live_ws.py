@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,24 +11,18 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from server.deps import StateDep
 from server.hub import Subscriber
-from server.ingest import load_json
-from server.jsonutil import dumps
+from server.protocol import MAX_SUBSCRIPTIONS, RUN_ID, Close, FrameError, Msg, dumps, loads
 
 __all__ = ["router"]
 
 router = APIRouter()
-
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-MAX_SUBSCRIPTIONS = 64
-TRY_AGAIN_LATER = 1013
-UNSUPPORTED = 1003
 
 
 @router.websocket("/ws/live")
 async def live_ws(ws: WebSocket, state: StateDep) -> None:
     await ws.accept()  # Host, Origin and token were checked by server.guard.Guard
     sub = state.hub.add()
-    sub.offer(dumps({"type": "hello", "time": time.time()}))
+    sub.offer(dumps(Msg.live_hello(time.time())))
     try:
         async with anyio.create_task_group() as tg:
 
@@ -42,7 +35,7 @@ async def live_ws(ws: WebSocket, state: StateDep) -> None:
             tg.start_soon(until_first_done, sub.overflow.wait)
         if sub.overflow.is_set():
             with anyio.move_on_after(1.0), contextlib.suppress(Exception):
-                await ws.close(TRY_AGAIN_LATER, "subscriber too slow")
+                await ws.close(Close.TRY_AGAIN_LATER, "subscriber too slow")
     finally:
         state.hub.remove(sub)
 
@@ -61,12 +54,14 @@ async def _listen(ws: WebSocket, sub: Subscriber) -> None:
                 return
             text = frame.get("text")
             if text is None:
-                await ws.close(UNSUPPORTED, "Binary frames are not supported; send JSON text.")
+                await ws.close(
+                    Close.UNSUPPORTED, "Binary frames are not supported; send JSON text."
+                )
                 return
             try:
-                message = load_json(text)
-            except Exception as exc:
-                sub.offer(dumps({"type": "error", "message": str(exc)}))
+                message = loads(text)
+            except FrameError as exc:
+                sub.offer(dumps(Msg.error(str(exc))))
                 continue
             run_ids = message.get("run_ids") if isinstance(message, dict) else None
             if (
@@ -74,14 +69,14 @@ async def _listen(ws: WebSocket, sub: Subscriber) -> None:
                 or message.get("type") != "subscribe"
                 or not isinstance(run_ids, list)
                 or len(run_ids) > MAX_SUBSCRIPTIONS
-                or not all(isinstance(r, str) and RUN_ID.match(r) for r in run_ids)
+                or not all(isinstance(r, str) and RUN_ID.fullmatch(r) for r in run_ids)
             ):
                 error = (
                     'Expected {"type": "subscribe", "run_ids": [...]} with at most '
                     f"{MAX_SUBSCRIPTIONS} run ids."
                 )
-                sub.offer(dumps({"type": "error", "message": error}))
+                sub.offer(dumps(Msg.error(error)))
                 continue
             sub.run_ids = frozenset(run_ids)
             # From here on every change of these runs is pushed: safe to fetch history.
-            sub.offer(dumps({"type": "subscribed", "run_ids": sorted(sub.run_ids)}))
+            sub.offer(dumps(Msg.subscribed(sub.run_ids)))

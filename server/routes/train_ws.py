@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -15,22 +14,20 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from server import ingest
+from server import commands, ingest, lifecycle
 from server.deps import AppState, StateDep
 from server.errors import BadRequest
-from server.hub import command_frame
-from server.jsonutil import dumps
+from server.lifecycle import Changes
+from server.protocol import PROTOCOL_VERSION, RUN_ID, Close, FrameError, Msg, dumps, loads
+from server.records import validate_records
 
 __all__ = ["router"]
 
 log = logging.getLogger("fitdeck.train")
 router = APIRouter()
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 HELLO_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 4  # frames being stored while the next is read
-POLICY = 1008
-UNSUPPORTED = 1003
 
 
 class ProtocolError(Exception):
@@ -53,14 +50,14 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
     try:
         run_id = await _hello(ws)
         connected = await _store(
-            state, run_id, lambda c: ingest.mark_connected(c, state.store.cache, run_id)
+            state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
         )
         old = state.trainers.attach(run_id, send)
         if old is not None:
             log.info("run %s: a newer connection replaces the previous one", run_id)
-        await send(dumps({"type": "welcome", "run_id": run_id, "last_seq": connected.last_seq}))
-        for command in await state.store.write(lambda c: ingest.unfinished_commands(c, run_id)):
-            await send(dumps({"type": "command", "command": command_frame(command)}))
+        await send(dumps(Msg.welcome(run_id, connected.last_seq)))
+        for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
+            await send(dumps(Msg.command(command)))
         await _receive_all(ws, state, run_id, send)
     except WebSocketDisconnect:
         pass
@@ -75,13 +72,15 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
                 await _store(
                     state,
                     run_id,
-                    lambda c: ingest.mark_disconnected(c, state.store.cache, run_id, "stream lost"),
+                    lambda c: lifecycle.mark_disconnected(
+                        c, state.store.memory, run_id, "stream lost"
+                    ),
                 )
 
 
 def _submit(
-    state: AppState, run_id: str, fn: Callable[[sqlite3.Connection], ingest.Changes]
-) -> asyncio.Future[ingest.Changes]:
+    state: AppState, run_id: str, fn: Callable[[sqlite3.Connection], Changes]
+) -> asyncio.Future[Changes]:
     """Queue a write, and the push of what it changed to browsers, in commit order.
 
     The push hangs on the commit, not on whoever awaits the result, so it
@@ -90,7 +89,7 @@ def _submit(
     loop = asyncio.get_running_loop()
     future = state.store.submit(fn)
 
-    def publish(done: Future[ingest.Changes]) -> None:
+    def publish(done: Future[Changes]) -> None:
         if done.exception() is None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(state.hub.changes, run_id, done.result())
@@ -100,8 +99,8 @@ def _submit(
 
 
 async def _store(
-    state: AppState, run_id: str, fn: Callable[[sqlite3.Connection], ingest.Changes]
-) -> ingest.Changes:
+    state: AppState, run_id: str, fn: Callable[[sqlite3.Connection], Changes]
+) -> Changes:
     return await _submit(state, run_id, fn)
 
 
@@ -111,25 +110,30 @@ async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
         raise WebSocketDisconnect(message.get("code", 1000))
     text = message.get("text")
     if text is None:
-        raise ProtocolError(UNSUPPORTED, "Binary frames are not supported; send JSON text.")
+        raise ProtocolError(Close.UNSUPPORTED, "Binary frames are not supported; send JSON text.")
     try:
-        return ingest.load_json(text)
-    except BadRequest as exc:
-        raise ProtocolError(POLICY, exc.message) from None
+        return loads(text)
+    except FrameError as exc:
+        raise ProtocolError(Close.POLICY, str(exc)) from None
 
 
 async def _hello(ws: WebSocket) -> str:
     try:
         hello = await _frame(ws, HELLO_TIMEOUT)
     except TimeoutError:
-        raise ProtocolError(POLICY, "No hello within 10 seconds.") from None
+        raise ProtocolError(Close.POLICY, f"No hello within {HELLO_TIMEOUT:g} seconds.") from None
     if not isinstance(hello, dict) or hello.get("type") != "hello":
-        raise ProtocolError(POLICY, "The first frame must be a hello.")
-    if hello.get("protocol") != 1:
-        raise ProtocolError(POLICY, f"Unsupported protocol {hello.get('protocol')!r}; this is 1.")
+        raise ProtocolError(Close.POLICY, "The first frame must be a hello.")
+    if hello.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            Close.POLICY,
+            f"Unsupported protocol {hello.get('protocol')!r}; this is {PROTOCOL_VERSION}.",
+        )
     run_id = hello.get("run_id")
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
-        raise ProtocolError(POLICY, f"run_id must be 32 lowercase hex characters, got {run_id!r}.")
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ProtocolError(
+            Close.POLICY, f"run_id must be 32 lowercase hex characters, got {run_id!r}."
+        )
     return run_id
 
 
@@ -158,28 +162,28 @@ async def _receive(
     frame = await _frame(ws)
     if not isinstance(frame, dict) or frame.get("type") != "records":
         kind = frame.get("type") if isinstance(frame, dict) else type(frame).__name__
-        await send(dumps({"type": "error", "message": f"Unknown frame type {kind!r}."}))
+        await send(dumps(Msg.error(f"Unknown frame type {kind!r}.")))
         return None
     try:
-        records, errors, top_seq = ingest.validate_records(
+        records, errors, top_seq = validate_records(
             frame.get("records"), state.settings.max_keys_per_record
         )
     except BadRequest as exc:
-        await send(dumps({"type": "error", "message": exc.message}))
+        await send(dumps(Msg.error(exc.message)))
         return None
     for message in errors:
-        await send(dumps({"type": "error", "message": message}))
+        await send(dumps(Msg.error(message)))
     stored = _submit(
-        state, run_id, lambda c: ingest.apply_records(c, state.store.cache, run_id, records)
+        state, run_id, lambda c: ingest.apply_records(c, state.store.memory, run_id, records)
     )
     return _ack(stored, top_seq, send)
 
 
-async def _ack(stored: Awaitable[ingest.Changes], top_seq: int, send: Any) -> None:
+async def _ack(stored: Awaitable[Changes], top_seq: int, send: Any) -> None:
     try:
         changes = await stored
     except BadRequest as exc:
-        raise ProtocolError(POLICY, exc.message) from None
+        raise ProtocolError(Close.POLICY, exc.message) from None
     except (ValueError, OverflowError, sqlite3.IntegrityError) as exc:  # nothing was stored
-        raise ProtocolError(POLICY, f"Records could not be stored: {exc}") from None
-    await send(dumps({"type": "ack", "seq": max(changes.last_seq, top_seq)}))
+        raise ProtocolError(Close.POLICY, f"Records could not be stored: {exc}") from None
+    await send(dumps(Msg.ack(max(changes.last_seq, top_seq))))

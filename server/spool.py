@@ -1,5 +1,8 @@
 """The local spool: records the server has not acknowledged, kept on disk.
 
+Shared by the callback (which writes it) and `fitdeck sync` (which uploads it),
+so it lives beside the protocol and needs no Keras.
+
 One file per run, `<spool dir>/<run_id>.jsonl`: a header line, then one
 record per line in sequence order. The stream spills its oldest records here
 when too many wait in memory, and everything left when training ends without
@@ -15,13 +18,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from server.protocol import Env
+
 __all__ = ["Spool", "default_spool_dir"]
 
 
 def default_spool_dir() -> Path:
     """`$FITDECK_SPOOL_DIR`, else `$XDG_CACHE_HOME/fitdeck/spool`, else `~/.cache/fitdeck/spool`."""
-    if os.environ.get("FITDECK_SPOOL_DIR"):
-        return Path(os.environ["FITDECK_SPOOL_DIR"])
+    if os.environ.get(Env.SPOOL_DIR):
+        return Path(os.environ[Env.SPOOL_DIR])
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "fitdeck" / "spool"
 
