@@ -524,15 +524,16 @@ def installed_venv(tmp_path: Path, staged_context: Path) -> Path:
         cwd=tmp_path,
     )
     (wheel,) = wheels.glob("fitdeck-*.whl")
+    # A venv of its own, as the image is: the wheel and its dependencies from the
+    # index, nothing borrowed from the environment running the tests.
     venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
     subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, env=env
-    )
-    subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
         check=True,
         env=env,
         cwd=tmp_path,
+        timeout=600,
     )
     return venv
 
