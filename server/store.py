@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server import downsample
+from server import downsample, schema
 from server.downsample import Point
 from server.errors import Conflict, NotFound
 from server.memory import WriterMemory
@@ -33,75 +33,9 @@ log = logging.getLogger("fitdeck.store")
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], T]
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    project TEXT,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    ended_at REAL,
-    params TEXT NOT NULL DEFAULT '{}',
-    meta TEXT NOT NULL DEFAULT '{}',
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    epoch INTEGER,
-    step INTEGER NOT NULL DEFAULT 0,
-    lr REAL,
-    last_metrics TEXT NOT NULL DEFAULT '{}',
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS series (
-    id INTEGER PRIMARY KEY,
-    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    UNIQUE (run_id, scope, key)
-);
-CREATE TABLE IF NOT EXISTS points (
-    series_id INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    epoch REAL,
-    t REAL,
-    value REAL,
-    PRIMARY KEY (series_id, step)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tiers (
-    series_id INTEGER NOT NULL,
-    level INTEGER NOT NULL,
-    bucket INTEGER NOT NULL,
-    min_step INTEGER, min_epoch REAL, min_t REAL, min_v REAL,
-    max_step INTEGER, max_epoch REAL, max_t REAL, max_v REAL,
-    nan_step INTEGER, nan_epoch REAL, nan_t REAL,
-    PRIMARY KEY (series_id, level, bucket)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    seq INTEGER,  -- NULL for events the server itself notes (disconnected, reconnected)
-    t REAL NOT NULL,
-    kind TEXT NOT NULL,
-    step INTEGER,
-    epoch REAL,
-    data TEXT NOT NULL DEFAULT '{}',
-    UNIQUE (run_id, seq)
-);
-CREATE TABLE IF NOT EXISTS commands (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    kind TEXT NOT NULL,
-    lr REAL,
-    status TEXT NOT NULL,
-    reason TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    epoch INTEGER,
-    batch INTEGER,
-    step INTEGER
-);
-CREATE INDEX IF NOT EXISTS commands_by_run ON commands (run_id, id);
-"""
+# The schema lives in server.schema; these names stay importable from here (bench/figures.py).
+SCHEMA = schema.SCHEMA
+SCHEMA_VERSION = schema.SCHEMA_VERSION
 
 TIER_UPSERT = """
 INSERT INTO tiers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -162,10 +96,14 @@ class Store:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
+        try:
+            # First, before anything writes: a file from a newer fitdeck is left untouched.
+            schema.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # No trainer is connected to a fresh server: whatever was running lost its stream.
         now = time.time()
         conn.execute(
