@@ -1,25 +1,20 @@
-// fetch wrappers for docs/http_api.md, and decoding of non-finite numbers.
+// fetch wrappers for docs/http_api.md, and decoding of what they answer.
 //
-// Every fitdeck message writes NaN and ±Infinity as the strings "NaN",
-// "Infinity" and "-Infinity"; decodeNumber turns them back into numbers so the
-// rest of the page deals with real JavaScript numbers only.
+// Numbers are decoded with protocol.js's codec (NaN and ±Infinity arrive as
+// strings), so the rest of the page deals with real JavaScript numbers only.
 
-const NON_FINITE = { NaN: NaN, Infinity: Infinity, "-Infinity": -Infinity };
-
-/** A metric value from the wire as a number (NaN/±Infinity included); null stays null. */
-export function decodeNumber(value) {
-  if (typeof value === "number") return value;
-  if (value === null || value === undefined) return null;
-  if (typeof value === "string" && Object.hasOwn(NON_FINITE, value)) return NON_FINITE[value];
-  const n = Number(value);
-  return Number.isNaN(n) ? NaN : n;
-}
+import { decodeNumber } from "./protocol.js";
 
 /** A copy of `logs` ({key: wire value}) with every value decoded. */
 export function decodeLogs(logs) {
   const out = {};
   for (const [key, value] of Object.entries(logs || {})) out[key] = decodeNumber(value);
   return out;
+}
+
+/** Live metric points ({step, epoch, t, logs}) with their logs decoded. */
+export function decodePoints(points) {
+  return points.map((p) => ({ ...p, logs: decodeLogs(p.logs) }));
 }
 
 /** A Run object with its numbers decoded (lr, last_metrics). Mutates and returns it. */

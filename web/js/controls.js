@@ -6,7 +6,7 @@
 //   <button data-x="step" aria-pressed="true">…</button> (one per X_MODES entry)
 //   <input type="range" class="smoothing-input"> <output class="smoothing-value">
 
-import { X_MODES } from "./charts.js";
+import { X_MODES } from "./chart_axes.js";
 import { clampWeight } from "./ema.js";
 
 const STORAGE_KEY = "fitdeck.chart-controls";

@@ -4,10 +4,11 @@
 
 import * as api from "./api.js";
 import { $, setText } from "./dom.js";
+import { MAX_NAME } from "./protocol.js";
 
-export const MAX_NAME = 200;
+$("#rename-input").maxLength = MAX_NAME;
 
-/** A run name as typed: trimmed, 1 to 200 characters; or an error message. */
+/** A run name as typed: trimmed, 1 to MAX_NAME characters; or an error message. */
 export function parseName(text) {
   const name = String(text).trim();
   if (!name) return { error: "A name needs at least one character." };

@@ -1,11 +1,11 @@
 // Number, time and text formatting shared by the views.
 
+import { encodeNumber } from "./protocol.js";
+
 /** A metric value for people: 4 significant digits, NaN/±Infinity spelled out. */
 export function formatNumber(v, digits = 4) {
   if (v === null || v === undefined) return "—";
-  if (Number.isNaN(v)) return "NaN";
-  if (v === Infinity) return "Infinity";
-  if (v === -Infinity) return "-Infinity";
+  if (!Number.isFinite(v)) return encodeNumber(v); // spelled as on the wire
   if (v === 0) return "0";
   const abs = Math.abs(v);
   if (abs >= 1e5 || abs < 1e-3) return v.toExponential(digits - 1).replace(/\.?0+e/, "e");

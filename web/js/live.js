@@ -9,7 +9,10 @@
 //              reconnect is true when an earlier connection existed (data may be missing)
 //   "state"    {state: "connecting" | "open" | "closed", retryIn?: ms, reason?: string}
 
+import { CLOSE } from "./protocol.js";
+
 const BACKOFF_START_MS = 500;
+const REFUSED_RETRY_MS = 5000; // a refused connection will not get better by hammering
 const BACKOFF_MAX_MS = 15000;
 
 export class LiveClient {
@@ -21,7 +24,6 @@ export class LiveClient {
     this.attempt = 0;
     this.everOpened = false;
     this.retryTimer = null;
-    this.stopped = false;
   }
 
   static defaultUrl() {
@@ -59,24 +61,13 @@ export class LiveClient {
     return false; // sent on (re)connect
   }
 
-  get isOpen() {
-    return !!this.socket && this.socket.readyState === WebSocket.OPEN;
-  }
-
   start() {
-    this.stopped = false;
     this.connect();
-  }
-
-  stop() {
-    this.stopped = true;
-    clearTimeout(this.retryTimer);
-    if (this.socket) this.socket.close(1000, "page closed");
   }
 
   /** Close the socket as if the network dropped it (for tests and debugging). */
   drop() {
-    if (this.socket) this.socket.close(4000, "dropped by the page");
+    if (this.socket) this.socket.close(CLOSE.PAGE_LEFT, "dropped by the page");
   }
 
   connect() {
@@ -113,10 +104,9 @@ export class LiveClient {
     socket.addEventListener("close", (ev) => {
       if (socket !== this.socket) return;
       this.socket = null;
-      if (this.stopped) return;
       let reason = ev.reason || `code ${ev.code}`;
-      if (ev.code === 1008) reason = `refused: ${ev.reason || "not signed in"}`;
-      if (ev.code === 1013) reason = "too slow, catching up";
+      if (ev.code === CLOSE.POLICY) reason = `refused: ${ev.reason || "not signed in"}`;
+      if (ev.code === CLOSE.TRY_AGAIN_LATER) reason = "too slow, catching up";
       this.scheduleReconnect(reason, ev.code);
     });
     // "error" is always followed by "close"; nothing to do here.
@@ -125,8 +115,7 @@ export class LiveClient {
   scheduleReconnect(reason, code) {
     this.attempt += 1;
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** (this.attempt - 1));
-    // A refused (1008) connection will not get better by hammering: start slower.
-    const floor = code === 1008 ? 5000 : 0;
+    const floor = code === CLOSE.POLICY ? REFUSED_RETRY_MS : 0;
     const delay = Math.max(floor, base / 2 + Math.random() * (base / 2));
     this.emit("state", { state: "closed", retryIn: delay, reason });
     this.retryTimer = setTimeout(() => this.connect(), delay);

@@ -4,11 +4,12 @@ import { ApiError, decodeRun } from "./api.js";
 import { CompareView } from "./compare_view.js";
 import { $, setText } from "./dom.js";
 import { LiveClient } from "./live.js";
+import { RUN_ID_PATTERN } from "./protocol.js";
 import { RunView } from "./run_view.js";
 import { RunsView } from "./runs_view.js";
 
-const RUN_ROUTE = /^#\/runs\/([0-9a-f]{32})\/?$/;
-const COMPARE_ROUTE = /^#\/compare\/([0-9a-f]{32}(?:,[0-9a-f]{32})*)\/?$/;
+const RUN_ROUTE = new RegExp(`^#/runs/(${RUN_ID_PATTERN})/?$`);
+const COMPARE_ROUTE = new RegExp(`^#/compare/(${RUN_ID_PATTERN}(?:,${RUN_ID_PATTERN})*)/?$`);
 
 const live = new LiveClient();
 const runsView = new RunsView();

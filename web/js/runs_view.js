@@ -8,8 +8,8 @@ import * as api from "./api.js";
 import { askDelete, askRename } from "./dialogs.js";
 import { $, h, replaceChildren, setText } from "./dom.js";
 import { formatDuration, formatNumber, formatTime, formatValue } from "./format.js";
+import { ENDED, LR_KEY } from "./protocol.js";
 
-const ENDED = new Set(["finished", "stopped", "failed"]);
 const STATUS_ORDER = { running: 0, disconnected: 1, failed: 2, stopped: 3, finished: 4 };
 
 /** Epochs done / total. The server sets `epoch` at each epoch end (null before the first). */
@@ -33,7 +33,7 @@ export function durationOf(run, now = Date.now() / 1000) {
 
 /** "loss 0.31 · accuracy 0.91" from run.last_metrics (at most `max` entries). */
 export function latestMetricsText(run, max = 4) {
-  const entries = Object.entries(run.last_metrics || {}).filter(([k]) => k !== "learning_rate");
+  const entries = Object.entries(run.last_metrics || {}).filter(([k]) => k !== LR_KEY);
   entries.sort(([a], [b]) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
   const shown = entries.slice(0, max).map(([k, v]) => `${k} ${formatNumber(v)}`);
   if (entries.length > max) shown.push(`+${entries.length - max}`);
@@ -232,7 +232,7 @@ export class RunsView {
   /** Live durations of running runs. */
   tick() {
     for (const run of this.runs.values()) {
-      if (ENDED.has(run.status)) continue;
+      if (ENDED.includes(run.status)) continue;
       const row = this.rows.get(run.id);
       if (row) setText(row.querySelector(".duration"), formatDuration(durationOf(run)));
     }

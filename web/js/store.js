@@ -1,6 +1,9 @@
 // In-memory metric series of the open run, merged from HTTP fetches and live
 // pushes, deduplicated and ordered by step.
 
+import { bucketExtremes, lowerBound } from "./decimate.js";
+import { SCOPES } from "./protocol.js";
+
 // A series that grows past this many points (a long batch-level run watched for
 // hours) has its oldest half thinned by min/max buckets, as the server does.
 export const MAX_LOCAL_POINTS = 60000;
@@ -12,17 +15,12 @@ export class Series {
     this.epoch = [];
     this.t = [];
     this.value = [];
-    this.version = 0; // bumped on every change; charts redraw when it moves
     this.edits = 0; // bumped on changes other than an append (charts then rebuild)
     this.thinned = false;
   }
 
   get length() {
     return this.step.length;
-  }
-
-  get lastStep() {
-    return this.step.length ? this.step[this.step.length - 1] : -Infinity;
   }
 
   /** Add or replace one point (same step → the newer value wins). */
@@ -48,7 +46,6 @@ export class Series {
         this.value.splice(i, 0, value);
       }
     }
-    this.version += 1;
   }
 
   /** Merge a fetched series ({step, epoch, t, value} arrays, values decoded). */
@@ -64,57 +61,19 @@ export class Series {
   cap(limit = MAX_LOCAL_POINTS) {
     if (this.step.length <= limit) return;
     const half = Math.floor(this.step.length / 2);
-    const keep = thinMinMax(this, 0, half, Math.floor(limit / 4));
+    const keep = bucketExtremes(this.value, 0, half, Math.floor(limit / 4));
     for (const name of ["step", "epoch", "t", "value"]) {
       this[name] = keep.map((i) => this[name][i]).concat(this[name].slice(half));
     }
     this.thinned = true;
     this.edits += 1;
-    this.version += 1;
   }
-}
-
-function lowerBound(arr, x) {
-  let lo = 0;
-  let hi = arr.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (arr[mid] < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
-// Indexes in [from, to) to keep: per bucket its min, its max and its first non-finite point.
-function thinMinMax(series, from, to, buckets) {
-  const keep = [];
-  const width = Math.max(1, Math.ceil((to - from) / buckets));
-  for (let b = from; b < to; b += width) {
-    const end = Math.min(to, b + width);
-    let lo = -1;
-    let hi = -1;
-    let odd = -1;
-    for (let i = b; i < end; i++) {
-      const v = series.value[i];
-      if (!Number.isFinite(v)) {
-        if (odd < 0) odd = i;
-        continue;
-      }
-      if (lo < 0 || v < series.value[lo]) lo = i;
-      if (hi < 0 || v > series.value[hi]) hi = i;
-    }
-    for (const i of [...new Set([lo, hi, odd])].filter((i) => i >= 0).sort((a, c) => a - c)) {
-      keep.push(i);
-    }
-  }
-  return keep;
 }
 
 /** All series of one run: scope → key → Series. */
 export class RunData {
   constructor() {
-    this.scopes = { batch: new Map(), epoch: new Map() };
-    this.version = 0;
+    this.scopes = Object.fromEntries(SCOPES.map((scope) => [scope, new Map()]));
   }
 
   series(scope, key) {
@@ -138,13 +97,11 @@ export class RunData {
       }
     }
     for (const key of touched) this.series(scope, key).cap();
-    if (touched.size) this.version += 1;
     return touched;
   }
 
   /** Series fetched over HTTP ({key: {step, epoch, t, value}}). */
   addFetched(scope, seriesByKey) {
     for (const [key, s] of Object.entries(seriesByKey)) this.series(scope, key).mergeFetched(s);
-    this.version += 1;
   }
 }
