@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from server import lifecycle
+from server import lifecycle, models
 from server.auth import resolve_token
 from server.deps import AppState
 from server.errors import FitdeckError
@@ -59,9 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(400, f"Bad value for {where}: {first.get('msg', 'invalid')}.")
+        # "Bad value for body.lr: Input should be greater than 0. Received 0." (400),
+        # or 404 for a run id that cannot exist, as the lookup would answer.
+        return error_response(*models.validation_error(exc.errors()))
 
     # Host, Origin, WebSocket token and rate, body size, security headers.
     app.add_middleware(Guard, settings=settings, token=state.token)

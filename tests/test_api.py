@@ -144,11 +144,15 @@ def test_metrics_are_downsampled_keeping_extremes_and_nan(client: TestClient) ->
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"kind": "reboot"}, 400, "Unknown command kind 'reboot'"),
-        ({"kind": "set_lr"}, 400, "needs a number 'lr'"),
-        ({"kind": "set_lr", "lr": -0.1}, 400, "finite number > 0"),
-        ({"kind": "set_lr", "lr": "fast"}, 400, "needs a number 'lr'"),
-        ([1, 2], 400, "JSON object"),
+        ({"kind": "reboot"}, 400, "body.kind: Input should be 'stop' or 'set_lr'"),
+        ({"kind": "set_lr"}, 400, "body.lr: Field required"),
+        ({"kind": "set_lr", "lr": -0.1}, 400, "body.lr: Input should be greater than 0"),
+        (
+            {"kind": "set_lr", "lr": "fast"},
+            400,
+            'body.lr: Input should be a valid number. Received "fast".',
+        ),
+        ([1, 2], 400, "body: Input should be a JSON object"),
     ],
 )
 def test_bad_commands_are_refused_with_the_reason(
@@ -278,4 +282,6 @@ def test_bad_metrics_queries_are_refused(client: TestClient) -> None:
     assert client.get(f"/api/runs/{RUN}/metrics", params={"max_points": 1}).status_code == 400
     bad = client.get(f"/api/runs/{RUN}/metrics", params={"max_points": "many"})
     assert bad.status_code == 400 and "max_points" in bad.json()["error"]["message"]
+    assert client.get(f"/api/runs/{RUN}/metrics", params={"start": -1}).status_code == 400
     assert client.get(f"/api/runs/{'f' * 32}/metrics").status_code == 404
+    assert client.get("/api/runs/not-a-run-id/metrics").status_code == 404

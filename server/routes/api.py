@@ -9,18 +9,27 @@ import math
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server import commands, report, store
 from server.deps import Authorized, StateDep
-from server.errors import BadRequest
-from server.protocol import MAX_NAME, FrameError, Msg, dumps, encode_number, loads
+from server.models import (
+    ERROR_RESPONSES,
+    Command,
+    RenameRun,
+    RunId,
+    Scope,
+    SetLrCommand,
+    command_body,
+    rename_body,
+)
+from server.protocol import MAX_INT, Msg, dumps, encode_number
 
 __all__ = ["health_router", "router"]
 
 health_router = APIRouter()
-router = APIRouter(prefix="/api", dependencies=[Authorized])
+router = APIRouter(prefix="/api", dependencies=[Authorized], responses=ERROR_RESPONSES)
 
 MAX_POINTS_LIMIT = 20_000
 
@@ -36,25 +45,30 @@ def list_runs(state: StateDep) -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}")
-def get_run(run_id: str, state: StateDep) -> dict[str, Any]:
+def get_run(run_id: RunId, state: StateDep) -> dict[str, Any]:
     run = state.store.get_run(run_id)
     return {"run": run, "keys": state.store.run_keys(run_id)}
 
 
 @router.get("/runs/{run_id}/metrics")
 def metrics(
-    run_id: str,
+    run_id: RunId,
     state: StateDep,
-    scope: str = "epoch",
-    key: Annotated[list[str] | None, Query()] = None,
-    max_points: int = 2000,
-    start: int | None = None,
-    end: int | None = None,
+    scope: Annotated[Scope, Query(description="`epoch` or `batch`.")] = "epoch",
+    key: Annotated[
+        list[str] | None, Query(description="A metric name; repeat for several. All if none.")
+    ] = None,
+    max_points: Annotated[
+        int,
+        Query(ge=2, le=MAX_POINTS_LIMIT, description="At most this many points per series."),
+    ] = 2000,
+    start: Annotated[
+        int | None, Query(ge=0, le=MAX_INT, description="First `step` to read (inclusive).")
+    ] = None,
+    end: Annotated[
+        int | None, Query(ge=0, le=MAX_INT, description="Last `step` to read (inclusive).")
+    ] = None,
 ) -> dict[str, Any]:
-    if scope not in ("epoch", "batch"):
-        raise BadRequest(f"scope must be 'epoch' or 'batch', got {scope!r}.")
-    if not 2 <= max_points <= MAX_POINTS_LIMIT:
-        raise BadRequest(f"max_points must be between 2 and {MAX_POINTS_LIMIT}, got {max_points}.")
     state.store.get_run(run_id)  # 404 for an unknown run
     series = state.store.metrics(run_id, scope, key, max_points, start, end)
     return {
@@ -74,52 +88,30 @@ def metrics(
 
 
 @router.get("/runs/{run_id}/events")
-def events(run_id: str, state: StateDep) -> dict[str, Any]:
+def events(run_id: RunId, state: StateDep) -> dict[str, Any]:
     state.store.get_run(run_id)
     return {"events": state.store.events(run_id)}
 
 
 @router.get("/runs/{run_id}/commands")
-def list_commands(run_id: str, state: StateDep) -> dict[str, Any]:
+def list_commands(run_id: RunId, state: StateDep) -> dict[str, Any]:
     state.store.get_run(run_id)
     return {"commands": state.store.commands(run_id)}
 
 
-@router.post("/runs/{run_id}/commands", status_code=202)
-async def post_command(run_id: str, request: Request, state: StateDep) -> Response:
-    kind, lr = parse_command(await request.body())
-    command = await state.store.write(lambda c: commands.create_command(c, run_id, kind, lr))
+@router.post("/runs/{run_id}/commands", status_code=202, openapi_extra=command_body.openapi)
+async def post_command(
+    run_id: RunId, body: Annotated[Command, Depends(command_body)], state: StateDep
+) -> Response:
+    lr = body.lr if isinstance(body, SetLrCommand) else None
+    command = await state.store.write(lambda c: commands.create_command(c, run_id, body.kind, lr))
     state.hub.to_run(run_id, Msg.command(command, run_id))
     await state.trainers.send_command(run_id, command)
     return JSONResponse({"command": command}, status_code=202)
 
 
-def _json_body(body: bytes) -> Any:
-    try:
-        return loads(body.decode("utf-8", errors="replace") or "null")
-    except FrameError as exc:
-        raise BadRequest(str(exc)) from None
-
-
-def parse_command(body: bytes) -> tuple[str, float | None]:
-    payload = _json_body(body)
-    if not isinstance(payload, dict):
-        raise BadRequest('The body must be a JSON object such as {"kind": "stop"}.')
-    kind = payload.get("kind")
-    if kind == "stop":
-        return kind, None
-    if kind == "set_lr":
-        lr = payload.get("lr")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            raise BadRequest(f"set_lr needs a number 'lr', got {lr!r}.")
-        if not math.isfinite(lr) or lr <= 0:
-            raise BadRequest(f"The learning rate must be a finite number > 0, got {lr!r}.")
-        return kind, float(lr)
-    raise BadRequest(f"Unknown command kind {kind!r}; expected 'stop' or 'set_lr'.")
-
-
 @router.get("/runs/{run_id}/export.csv")
-def export_csv(run_id: str, state: StateDep) -> StreamingResponse:
+def export_csv(run_id: RunId, state: StateDep) -> StreamingResponse:
     run = state.store.get_run(run_id)
     filename = f"fitdeck-{run_id[:8]}.csv"
 
@@ -147,32 +139,17 @@ def export_csv(run_id: str, state: StateDep) -> StreamingResponse:
 # -- run management ------------------------------------------------------------------
 
 
-@router.patch("/runs/{run_id}")
-async def rename_run(run_id: str, request: Request, state: StateDep) -> dict[str, Any]:
-    name = parse_rename(await request.body())
-    run = await state.store.write(lambda c: store.rename_run(c, run_id, name))
+@router.patch("/runs/{run_id}", openapi_extra=rename_body.openapi)
+async def rename_run(
+    run_id: RunId, body: Annotated[RenameRun, Depends(rename_body)], state: StateDep
+) -> dict[str, Any]:
+    run = await state.store.write(lambda c: store.rename_run(c, run_id, body.name))
     state.hub.run(run)
     return {"run": run}
 
 
-def parse_rename(body: bytes) -> str:
-    payload = _json_body(body)
-    if not isinstance(payload, dict) or "name" not in payload:
-        raise BadRequest('The body must be a JSON object such as {"name": "baseline"}.')
-    name = payload["name"]
-    if not isinstance(name, str):
-        raise BadRequest(f"'name' must be a string, got {name!r}.")
-    name = name.strip()
-    if not 1 <= len(name) <= MAX_NAME:
-        raise BadRequest(
-            f"'name' must have 1 to {MAX_NAME} characters (spaces around it"
-            f" trimmed), got {len(name)}."
-        )
-    return name
-
-
 @router.delete("/runs/{run_id}", status_code=204)
-async def delete_run(run_id: str, state: StateDep) -> Response:
+async def delete_run(run_id: RunId, state: StateDep) -> Response:
     await state.store.write(lambda c: store.delete_run(c, state.store.memory, run_id))
     state.hub.broadcast(Msg.run_deleted(run_id))
     return Response(status_code=204)
@@ -193,7 +170,7 @@ def _strict(obj: Any) -> Any:
 
 
 @router.get("/runs/{run_id}/export.json")
-def export_json(run_id: str, state: StateDep) -> StreamingResponse:
+def export_json(run_id: RunId, state: StateDep) -> StreamingResponse:
     run = state.store.get_run(run_id)
     head = {
         "run": _strict(run),
@@ -235,7 +212,7 @@ REPORT_MAX_POINTS = 5000
 
 
 @router.get("/runs/{run_id}/report.html")
-def report_html(run_id: str, state: StateDep) -> Response:
+def report_html(run_id: RunId, state: StateDep) -> Response:
     run = state.store.get_run(run_id)
     html = report.build(
         run,
