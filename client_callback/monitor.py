@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from pathlib import Path
 from types import TracebackType
@@ -18,8 +19,9 @@ from typing import Any
 
 import keras
 
-from client_callback.stream import BATCH, EPOCH, RECORD, Stream
-from server.protocol import DEFAULT_URL, LR_KEY, MAX_NAME, Env, Rec, encode_value
+from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
+from server.discovery import resolve_target
+from server.protocol import LR_KEY, MAX_NAME, Rec, encode_value
 
 __all__ = ["LiveMonitor"]
 
@@ -53,14 +55,21 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     model.fit(x, y, epochs=10, callbacks=[LiveMonitor(run_name="baseline")])
     ```
 
+    With neither `url` nor `token` (nor `FITDECK_URL` / `FITDECK_TOKEN`), it
+    streams to the newest server `fitdeck serve` runs on this machine for this
+    user, found through the discovery file the server keeps while it runs
+    (see `server.discovery`), with that server's token.
+
     Args:
         url: Address of the fitdeck server. Defaults to the `FITDECK_URL`
-            environment variable, then `http://127.0.0.1:8000`.
+            environment variable, then the newest fitdeck server running on
+            this machine, then `http://127.0.0.1:8000`.
         run_name: Name shown in the dashboard. Defaults to the model's name
             and the start time.
         project: Optional group name for runs. Defaults to `None`.
         token: The server's token. Defaults to the `FITDECK_TOKEN`
-            environment variable, then no token.
+            environment variable, then the token of the fitdeck server
+            running on this machine at that address, then no token.
         params: Hyperparameters or notes to show with the run; a dict of
             JSON-friendly values (others are shown as text). Defaults to `{}`.
         flush_timeout: Seconds `on_train_end` waits for the server to
@@ -101,8 +110,11 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         ping_timeout: float = 10.0,
     ) -> None:
         super().__init__()
-        url = url or os.environ.get(Env.URL) or DEFAULT_URL
-        token = token or os.environ.get(Env.TOKEN) or None
+        # Read once, here: the hooks never look at the environment or the disk.
+        target = resolve_target(url, token, on_problem=_warn_now)
+        url, token = target.url, target.token
+        if target.server is not None:
+            log.info("fitdeck: streaming to %s (found in %s)", url, target.server.path)
         for name, value in (("run_name", run_name), ("project", project)):
             if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME):
                 raise ValueError(
@@ -378,6 +390,12 @@ def _layer(layer: Any) -> dict[str, Any]:
         "output_shape": shape,
         "params": int(layer.count_params()) if layer.built else 0,
     }
+
+
+def _warn_now(message: str) -> None:
+    # A warnings filter set to "error" must not make the constructor raise.
+    with contextlib.suppress(Exception):
+        warnings.warn(message, FitdeckWarning, stacklevel=4)
 
 
 def _schedule_name(optimizer: Any) -> str | None:

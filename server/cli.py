@@ -1,15 +1,22 @@
-"""The `fitdeck` command line: `serve`, `demo`."""
+"""The `fitdeck` command line: `serve`, `demo`, `sync`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.auth import is_loopback
+from server.protocol import DEFAULT_URL, Env
 from server.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT, Settings
+
+if TYPE_CHECKING:
+    from server.sync import SyncResult
 
 __all__ = ["build_parser", "main", "settings_from_args", "warn_if_open"]
 
@@ -41,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a spool file or directory (default: $FITDECK_SPOOL_DIR or ~/.cache/fitdeck/spool)",
     )
     sync.add_argument("--url", default=None, help="server (default: FITDECK_URL, else the run's)")
-    sync.add_argument("--token", default=None, help="token (default: FITDECK_TOKEN)")
+    sync.add_argument(
+        "--token",
+        default=None,
+        help="token (default: FITDECK_TOKEN, else that of the server running on this machine "
+        "when it is the one the records go to)",
+    )
     sync.add_argument("--timeout", type=float, default=60.0, help="seconds per file (default: 60)")
     return parser
 
@@ -120,31 +132,102 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     warn_if_open(settings)
-    if args.command == "serve":
-        from server.runner import serve
+    try:
+        if args.command == "serve":
+            from server.runner import serve
 
-        serve(settings)
-        return 0
-    if args.command == "demo":
-        from server.demo import run_demo
+            return serve(settings)
+        if args.command == "demo":
+            from server.demo import run_demo
 
-        code: int = run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
-        return code
+            return run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
+    except KeyboardInterrupt:  # Ctrl-C: the server has shut down cleanly already
+        return 130
     raise AssertionError(args.command)  # pragma: no cover
 
 
 def run_sync(args: argparse.Namespace) -> int:
     from server.sync import sync
 
-    results = sync(args.path, url=args.url, token=args.token, timeout=args.timeout)
+    token = args.token or os.environ.get(Env.TOKEN) or _discovered_token(args)
+    results = sync(args.path, url=args.url, token=token, timeout=args.timeout)
     if not results:
         print("fitdeck sync: nothing to upload", file=sys.stderr)
+    unreachable: dict[str, tuple[str, list[SyncResult]]] = {}
     for r in results:
-        outcome = (
-            "uploaded" if r.done else f"NOT uploaded ({r.error or 'not acknowledged in time'})"
-        )
+        why = _unreachable(r.error) if not r.done else None
+        if why is not None:
+            unreachable.setdefault(r.url, (why, []))[1].append(r)
+            continue
+        if r.done:
+            outcome = "uploaded"
+        elif r.error is not None and _token_refused(r.error):
+            outcome = (
+                "NOT uploaded: the server refused the token; pass --token or set FITDECK_TOKEN "
+                "(`fitdeck serve` prints it and keeps it in <db>.token)"
+            )
+        else:
+            outcome = f"NOT uploaded ({r.error or 'not acknowledged in time'})"
         print(f"{r.path}: run {r.run_id}, {r.records} records {outcome} to {r.url}")
+    for url, (why, waiting) in unreachable.items():
+        records = sum(r.records for r in waiting)
+        files = "1 spool file" if len(waiting) == 1 else f"{len(waiting)} spool files"
+        print(
+            f"fitdeck sync: no server at {url} ({why}); start it with `fitdeck serve` or pass "
+            f"--url. {files} ({records} records) kept for the next try.",
+            file=sys.stderr,
+        )
     return 0 if all(r.done for r in results) else 1
+
+
+def _unreachable(error: str | None) -> str | None:
+    """Why no server answered, from a sync error; `None` for other errors."""
+    if error is None:
+        return None
+    kind, _, detail = error.partition(": ")
+    if kind == "ConnectionRefusedError":
+        return "connection refused"
+    if kind in ("TimeoutError", "socket.timeout"):
+        return "no answer"
+    if kind in ("OSError", "ConnectionError", "gaierror", "ConnectionResetError"):
+        return detail or kind
+    return None
+
+
+def _token_refused(error: str) -> bool:
+    return "1008" in error and "token" in error.lower()
+
+
+def _discovered_token(args: argparse.Namespace) -> str | None:
+    """The token of the server this machine runs, when it is the one sync sends to."""
+    from server.discovery import find_server
+
+    url = args.url or os.environ.get(Env.URL)
+    if url is None:  # each file goes to the server its run streamed to
+        urls = {_spool_url(f) for f in _spool_files(args.path)}
+        if len(urls) != 1:
+            return None
+        url = urls.pop()
+    server = find_server(url)
+    return server.token if server is not None else None
+
+
+def _spool_files(path: Path | None) -> list[Path]:
+    from server.spool import default_spool_dir
+
+    path = path or default_spool_dir()
+    return [path] if path.is_file() else sorted(path.glob("*.jsonl"))
+
+
+def _spool_url(path: Path) -> str:
+    """The server a spool file's run streamed to, from its header line."""
+    try:
+        with path.open("rb") as f:
+            header = json.loads(f.readline() or b"{}")
+    except (OSError, ValueError):
+        return DEFAULT_URL
+    url = header.get("url") if isinstance(header, dict) and "seq" not in header else None
+    return str(url or DEFAULT_URL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
-import socket
 import sys
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
-import uvicorn
-
-from server.runner import app_token, dashboard_url, uvicorn_config
+from server.runner import (
+    FitdeckServer,
+    bind_problem,
+    dashboard_url,
+    listen_socket,
+    server_url,
+    uvicorn_config,
+)
 from server.settings import Settings
 
-__all__ = ["run_demo", "spirals", "train_spirals"]
+__all__ = ["run_demo", "spirals", "spirals_model", "train_spirals"]
 
 log = logging.getLogger("fitdeck.demo")
 
@@ -34,12 +38,10 @@ def spirals(n: int = 3000, arms: int = 3, seed: int = 0) -> tuple[Any, Any]:
     return x, label.astype("int32")
 
 
-def train_spirals(monitor: Any, epochs: int, batch_pause: float, *extra: Any) -> Any:
-    """Fit a small MLP on `spirals()` with `monitor`, ReduceLROnPlateau and `extra`
-    callbacks, each batch lasting at least `batch_pause` seconds; the History."""
+def spirals_model() -> Any:
+    """The demo's small MLP, compiled; building it starts TensorFlow (and its chatter)."""
     import keras
 
-    x, y = spirals()
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [
@@ -55,6 +57,20 @@ def train_spirals(monitor: Any, epochs: int, batch_pause: float, *extra: Any) ->
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    return model
+
+
+def train_spirals(
+    monitor: Any, epochs: int, batch_pause: float, *extra: Any, model: Any = None
+) -> Any:
+    """Fit `model` (default: a new `spirals_model()`) on `spirals()` with `monitor`,
+    ReduceLROnPlateau and `extra` callbacks, each batch lasting at least `batch_pause`
+    seconds; the History."""
+    import keras
+
+    x, y = spirals()
+    if model is None:
+        model = spirals_model()
     pace = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: time.sleep(batch_pause)
     )
@@ -70,49 +86,52 @@ def train_spirals(monitor: Any, epochs: int, batch_pause: float, *extra: Any) ->
     )
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def run_demo(settings: Settings, epochs: int = 30, keep_serving: bool = True) -> int:
+    """Serve, train, and print the dashboard URL last, alone, once TensorFlow is up."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter short
     try:
         from client_callback import LiveMonitor
     except ImportError as exc:
         print(f"fitdeck demo needs Keras with TensorFlow: {exc}", file=sys.stderr)
         return 2
+    # TensorFlow prints its start-up lines while the model is built: before the URL.
+    model = spirals_model()
 
-    if not _port_free(settings.host, settings.port):
-        with socket.socket() as s:
-            s.bind((settings.host, 0))
-            port = s.getsockname()[1]
-        print(f"port {settings.port} is busy; using {port}", file=sys.stderr)
-        settings = replace(settings, port=port)
-    config = uvicorn_config(settings)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="fitdeck-server", daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            return 1
-        time.sleep(0.05)
-    token = app_token(config)
-    print(f"fitdeck demo: open {dashboard_url(settings, token)}", file=sys.stderr, flush=True)
-
-    monitor = LiveMonitor(
-        url=f"http://127.0.0.1:{settings.port}",
-        token=token,
-        run_name=f"spirals-{time.strftime('%H%M%S')}",
-        project="demo",
-        params={"hidden": [64, 64], "data": "3 spirals, 3000 points", "batch_size": 32},
-    )
     try:
-        train_spirals(monitor, epochs, batch_pause=0.02)
+        sock = listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            print(f"fitdeck demo: {bind_problem(settings, exc)}", file=sys.stderr, flush=True)
+            return 1
+        sock = listen_socket(settings.host, 0)
+        print(
+            f"fitdeck demo: port {settings.port} is busy; using {sock.getsockname()[1]}",
+            file=sys.stderr,
+            flush=True,
+        )
+    port = int(sock.getsockname()[1])
+    config = uvicorn_config(settings)
+    server = FitdeckServer(config, settings, port)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="fitdeck-server", daemon=True
+    )
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                print("fitdeck demo: the server did not start (see above).", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        monitor = LiveMonitor(
+            url=server_url(settings, port),
+            token=server.token,
+            run_name=f"spirals-{time.strftime('%H%M%S')}",
+            project="demo",
+            params={"hidden": [64, 64], "data": "3 spirals, 3000 points", "batch_size": 32},
+        )
+        url = dashboard_url(settings, server.token, port)
+        print(f"\nfitdeck demo: open {url}", file=sys.stderr, flush=True)
+        train_spirals(monitor, epochs, 0.02, model=model)
         print("training finished", file=sys.stderr, flush=True)
         if keep_serving:
             print("the dashboard stays up; press Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -123,4 +142,6 @@ def run_demo(settings: Settings, epochs: int = 30, keep_serving: bool = True) ->
     finally:
         server.should_exit = True
         thread.join(10)
+        server.forget()
+        sock.close()
     return 0
