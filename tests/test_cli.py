@@ -13,11 +13,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from server.protocol import Rec
 from server.spool import Spool
+from tests.browser import chromium  # noqa: F401  (a fixture)
 from tests.conftest import ROOT, ServerProcess, free_port
 
 
@@ -182,3 +184,46 @@ def test_sync_takes_the_token_of_the_local_server_it_uploads_to(
     assert out.returncode == 0, out.stderr
     assert "uploaded" in out.stdout and not path.exists()
     assert server.run("f" * 32)["status"] == "finished"
+
+
+# -- a wrong token in the dashboard link -------------------------------------------------
+
+
+def test_a_wrong_token_in_the_link_gets_the_sign_in_page_with_a_note(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from server import Settings, create_app
+
+    app = create_app(Settings(db=tmp_path / "t.db", token="the-token"))
+    with TestClient(app) as browser:
+        missing = browser.get("/")
+        wrong = browser.get("/?token=wrong", follow_redirects=False)
+        assert browser.get("/api/runs").status_code == 401  # still not signed in
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    assert wrong.headers["content-type"].startswith("text/html")
+    assert wrong.headers["cache-control"] == "no-store"
+    # The same page a browser without the token gets, plus one note.
+    note = re.search(r'<p id="wrong-token"[^>]*>(.*?)</p>\n\s*', wrong.text, re.S)
+    assert note is not None
+    assert "not this server's token" in note.group(1) and "fitdeck serve" in note.group(1)
+    assert wrong.text.replace(note.group(0), "") == missing.text
+
+
+@pytest.mark.browser
+def test_a_browser_with_a_wrong_token_is_told_how_to_sign_in(
+    chromium: Any,  # noqa: F811
+    server: ServerProcess,
+) -> None:
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        response = page.goto(f"{server.url}/?token=wrong-{server.token}")
+        assert response is not None and response.status == 401
+        note = page.locator("#wrong-token")
+        assert "not this server's token" in note.inner_text()
+        banner = page.get_by_text("Not signed in: open the dashboard URL printed by")
+        banner.wait_for(timeout=10_000)  # what a browser without the token is told
+        assert page.locator("#runs-body tr").count() == 0  # and it shows no data
+        assert not [c for c in context.cookies() if c["name"] == "fitdeck_token"]
+    finally:
+        context.close()
