@@ -5,6 +5,12 @@ are atomic, no lock). This thread turns them into numbered records, sends them
 in batches, keeps every record until the server acknowledges it, resends the
 unacknowledged ones after a reconnect, and hands commands to the training
 thread through `Stream.inbox`.
+
+Warnings: one per problem and fit. The link's trouble (no server, a hung one,
+a refusal) is one warning that says where the records go; the end of the fit
+adds none for records left in the spool when one of those was given, and says
+it all in one when none was (a fit too short to see the first connection fail).
+Once `finish` has reported, this thread says nothing more for that fit.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from server.protocol import Close, Msg, Rec, dumps, encode_value, loads, train_ws_url
+from server import discovery
+from server.protocol import Close, Env, Msg, Rec, dumps, encode_value, loads, train_ws_url
 from server.spool import Spool, default_spool_dir
 
 __all__ = ["BATCH", "EPOCH", "RECORD", "FitdeckWarning", "Stream"]
@@ -37,6 +44,8 @@ CHUNKS_PER_POLL = 8
 FLUSH_SECONDS = 0.1  # the oldest unsent record waits at most this long for company
 POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
+LINK_PROBLEMS = ("unreachable", "refused")
+"""Warnings that already say where unacknowledged records go."""
 
 
 class FitdeckWarning(UserWarning):
@@ -68,6 +77,7 @@ class Stream:
         spool_dir: Path | None = None,
     ) -> None:
         self.ws_url = train_ws_url(url)
+        self.url = url
         self.run_id = run_id
         self.token = token
         self.max_buffer = max_buffer
@@ -89,18 +99,29 @@ class Stream:
         self._sent_seq = 0
         self._seen_commands: set[int] = set()
         self._warned: set[str] = set()
+        self._warn_lock = threading.Lock()  # a warning is decided and given as one step
+        self._reported = False  # `finish` has reported this fit: no more warnings for it
         self._thread: threading.Thread | None = None
+        self._running = False  # the thread runs and will look at `_finishing` again
+        self._state_lock = threading.Lock()  # guards _running against _finishing
         self._finishing = threading.Event()
         self._wake = threading.Event()
 
     # -- training-thread side -------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._finishing.clear()
-        self._thread = threading.Thread(target=self._run, name="fitdeck-stream", daemon=True)
-        self._thread.start()
+        """Begin a fit: its own warnings, and the sending thread unless it still runs."""
+        with self._warn_lock:
+            self._warned.clear()
+            self._reported = False
+        with self._state_lock:
+            self._finishing.clear()
+            alive = self._thread is not None and self._thread.is_alive()
+            if self._running and alive:  # the last fit's thread goes on with this one
+                return
+            self._running = True
+            self._thread = threading.Thread(target=self._run, name="fitdeck-stream", daemon=True)
+            self._thread.start()
 
     def put(self, item: tuple[Any, ...]) -> None:
         """Queue one record (not the batch hook's path: it appends inline)."""
@@ -120,18 +141,35 @@ class Stream:
     def finish(self, timeout: float) -> int:
         """Send what is left, waiting up to `timeout` seconds while connected.
 
-        Whatever the server has not acknowledged by then goes to the spool file.
-        Returns how many records the spool holds.
+        Whatever the server has not acknowledged by then goes to the spool file,
+        with one warning saying so unless an earlier one did. Returns how many
+        records the spool holds.
         """
         self._finishing.set()
         self._wake.set()
         thread = self._thread
-        if thread is not None and self.connected:
+        connected = self.connected
+        if thread is not None and connected:
             thread.join(timeout)
         with self._lock:
             self._drain_locked()
             self._spill_locked(0)
-            return len(self.spool)
+            spooled = len(self.spool)
+        with self._warn_lock:
+            self._reported = True
+            if spooled and not self._warned.intersection(LINK_PROBLEMS):
+                why = (
+                    f"not acknowledged within flush_timeout={timeout:g} s"
+                    if connected
+                    else "the server did not answer before training ended"
+                )
+                self._warn_locked(
+                    "spooled",
+                    f"fitdeck: {spooled} records did not reach {self.url} ({why}); they are "
+                    f"kept in {self.spool.path}: `fitdeck sync` uploads them, and this "
+                    "LiveMonitor resends them if it trains again.",
+                )
+        return spooled
 
     def pending(self) -> int:
         """Records not acknowledged yet, in memory and spooled."""
@@ -139,38 +177,52 @@ class Stream:
             return len(self.buffer) + len(self._unacked) + len(self.spool)
 
     def warn_once(self, key: str, message: str) -> None:
-        if key in self._warned:
-            log.debug("%s", message)
-            return
+        """One FitdeckWarning per `key` and fit; after `finish`, only the log hears more."""
+        with self._warn_lock:
+            if self._reported or key in self._warned:
+                log.debug("%s", message)
+                return
+            self._warn_locked(key, message)
+
+    def _warn_locked(self, key: str, message: str) -> None:
         self._warned.add(key)
         # Never let a warnings filter set to "error" raise into fit or this thread.
         with contextlib.suppress(Exception):
-            warnings.warn(message, FitdeckWarning, stacklevel=3)
+            warnings.warn(message, FitdeckWarning, stacklevel=4)
 
     # -- stream thread ---------------------------------------------------------
+
+    def _done(self) -> bool:
+        """True (and the thread is to end) once `finish` was called and no fit began since."""
+        with self._state_lock:
+            if self._finishing.is_set():
+                self._running = False
+                return True
+            return False
 
     def _run(self) -> None:
         backoff = BACKOFF_START
         while True:
+            refused: str | None = None
             try:
                 with self._connect() as ws:
                     backoff = BACKOFF_START
-                    if self._session(ws):
+                    if self._session(ws) and self._done():
                         return
             except ProtocolRefused as exc:
-                self.warn_once("refused", f"fitdeck: the server refused this run: {exc}")
-                return
+                refused = str(exc)
             except ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code in Close.REFUSALS:  # retrying cannot help
-                    reason = f"{exc.rcvd.code} {exc.rcvd.reason}"
-                    self.warn_once("refused", f"fitdeck: the server refused this run: {reason}")
-                    return
-                self._warn_unreachable(exc)
+                    refused = f"{exc.rcvd.code} {exc.rcvd.reason}"
+                else:
+                    self._warn_unreachable(exc)
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 self._warn_unreachable(exc)
             finally:
                 self.connected = False
-            if self._finishing.is_set():
+            if refused is not None:
+                self._refused(refused)
+            if self._done():
                 return
             self._drain()
             delay = backoff * random.uniform(0.5, 1.0)
@@ -180,11 +232,43 @@ class Stream:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _warn_unreachable(self, exc: Exception) -> None:
+        hint = ""
+        if isinstance(exc, ConnectionRefusedError):
+            hint = " No server listens there: start one with `fitdeck serve`."
         self.warn_once(
             "unreachable",
-            f"fitdeck: cannot stream to {self.ws_url} ({type(exc).__name__}: {exc}); "
-            "training goes on and records are kept to resend.",
+            f"fitdeck: cannot stream to {self.ws_url} ({type(exc).__name__}: {exc}); training "
+            f"goes on.{hint} Records are kept and sent when the server answers; if training "
+            f"ends first they stay in {self.spool.path} for `fitdeck sync`.",
         )
+
+    def _refused(self, reason: str) -> None:
+        """The server refused the stream for good: say why and how to fix it, once, then
+        keep the records (bounded in memory, the rest in the spool) until `finish`."""
+        if "token" in reason.lower():
+            message = (
+                f"fitdeck: the server at {self.url} refused the token ({reason}): pass "
+                f"LiveMonitor(token=...) or set {Env.TOKEN}; `fitdeck serve` prints the "
+                f"token and keeps it in {self._token_file()}."
+            )
+        else:
+            message = f"fitdeck: the server at {self.url} refused this run ({reason})."
+        self.warn_once(
+            "refused",
+            f"{message} Training goes on; its records are kept in {self.spool.path} "
+            "for `fitdeck sync`.",
+        )
+        while not self._finishing.is_set():
+            self._drain()
+            self._wake.wait(POLL_SECONDS * 10)
+            self._wake.clear()
+
+    def _token_file(self) -> str:
+        """Where the server at `url` keeps its token, as precisely as this machine knows."""
+        server = discovery.find_server(self.url, on_problem=log.debug)
+        if server is not None and server.db:
+            return f"{server.db}.token"
+        return "<db>.token beside its database"
 
     def _connect(self) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from tests.conftest import ServerProcess, callback, make_data, make_model
 
 keras = pytest.importorskip("keras")
-from client_callback import LiveMonitor  # noqa: E402
+from client_callback import FitdeckWarning, LiveMonitor  # noqa: E402
 
 
 def monitor(server: ServerProcess, **kwargs: Any) -> LiveMonitor:
@@ -217,25 +219,78 @@ def test_terminate_on_nan_stops_and_the_nan_is_stored(server: ServerProcess) -> 
     assert any(e["kind"] == "early_stop" for e in events)
 
 
+def fitdeck_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+
+
 def test_a_wrong_token_is_one_clear_warning_and_the_records_are_kept(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    import warnings
-
-    from client_callback import FitdeckWarning
-
     x, y = make_data(128)
     model = make_model()
     mon = LiveMonitor(url=server.url, token="not-the-token", spool_dir=tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[mon])
-    ours = [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+    ours = fitdeck_warnings(caught)
     assert len(history.epoch) == 2
-    assert any("refused" in m and "Missing or wrong token" in m for m in ours), ours
+    assert len(ours) == 1, ours  # the refusal says where the records went: no second warning
+    assert "refused" in ours[0] and "Missing or wrong token" in ours[0], ours
     assert server.client.get(f"/api/runs/{mon.run_id}").status_code == 404
-    spooled = (tmp_path / f"{mon.run_id}.jsonl").read_text().splitlines()
+    path = tmp_path / f"{mon.run_id}.jsonl"
+    assert str(path) in ours[0] and "fitdeck sync" in ours[0]
+    spooled = path.read_text().splitlines()
     assert len(spooled) - 1 == 1 + 1 + 8 + 2 + 1  # run_start, lr, batches, epochs, run_end
+
+
+@pytest.mark.parametrize("token", ["not-the-token", None])
+def test_a_refused_token_says_how_to_pass_it_and_where_it_is_kept(
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token: str | None,
+) -> None:
+    """Wrong or missing, the one warning names FITDECK_TOKEN and the token file: the
+    server's own when this machine's discovery file names it, else where it usually is."""
+    runtime = tmp_path / "runtime"
+    srv = make_server(db_path=tmp_path / "team.db", token="the-real-token",
+                      env={"FITDECK_RUNTIME_DIR": str(runtime)})  # fmt: skip
+    # Missing: the callback cannot see the server's discovery file (another user's server).
+    seen = runtime if token is not None else tmp_path / "elsewhere"
+    monkeypatch.setenv("FITDECK_RUNTIME_DIR", str(seen))
+    monkeypatch.delenv("FITDECK_TOKEN", raising=False)
+    x, y = make_data(64)
+    model = make_model()
+    mon = LiveMonitor(url=srv.url, token=token, spool_dir=tmp_path / "spool")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[mon])
+    (message,) = fitdeck_warnings(caught)
+    where = (
+        f"{(tmp_path / 'team.db').resolve()}.token" if token else "<db>.token beside its database"
+    )
+    assert message.startswith(
+        f"fitdeck: the server at {srv.url} refused the token (1008 Missing or wrong token.): "
+        "pass LiveMonitor(token=...) or set FITDECK_TOKEN; `fitdeck serve` prints the token "
+        f"and keeps it in {where}."
+    ), message
+    assert "the-real-token" not in message
+
+
+def test_with_no_url_and_no_token_it_streams_to_the_local_server(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = tmp_path / "runtime"
+    monkeypatch.setenv("FITDECK_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("FITDECK_URL", raising=False)
+    monkeypatch.delenv("FITDECK_TOKEN", raising=False)
+    srv = make_server(token="found-token", env={"FITDECK_RUNTIME_DIR": str(runtime)})
+    x, y = make_data(64)
+    model = make_model()
+    mon = LiveMonitor(run_name="found")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[mon])
+    assert srv.run(mon.run_id)["status"] == "finished"
+    assert srv.series(mon.run_id, "batch", "loss")["step"] == [1, 2]
 
 
 def test_works_beside_learning_rate_scheduler_and_tensorboard(

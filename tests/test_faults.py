@@ -200,19 +200,45 @@ def silent() -> Iterator[SilentServer]:
     server.close()
 
 
+@pytest.mark.parametrize(
+    ("connect_timeout", "batch_sleep"),
+    [(1.0, 0.05), (30.0, 0.0)],
+    ids=["gives-up-during-fit", "fit-ends-first"],
+)
 def test_server_that_never_answers_costs_one_warning_not_a_stall(
-    silent: SilentServer, tmp_path: Path
+    silent: SilentServer, tmp_path: Path, connect_timeout: float, batch_sleep: float
 ) -> None:
+    """One problem, one warning: the server does not answer. Whether the stream
+    gives up on it during the fit (a ~2.4 s fit, a 1 s connect timeout) or the fit
+    ends first (a 30 s timeout), the single warning says where the records are and
+    that `fitdeck sync` uploads them; nothing is said later from the stream thread."""
     x, y = make_data(256)
     model = make_model()
     mon = LiveMonitor(url=f"http://127.0.0.1:{silent.port}", run_name="hung",
-                      connect_timeout=1.0, flush_timeout=1.0, spool_dir=tmp_path)  # fmt: skip
+                      connect_timeout=connect_timeout, flush_timeout=1.0,
+                      spool_dir=tmp_path)  # fmt: skip
+    pace = callback(on_train_batch_end=lambda self, b, logs=None: time.sleep(batch_sleep))
     with fitdeck_warnings() as messages:
-        history = model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[mon])
+        started = time.monotonic()
+        history = model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[mon, pace])
+        took = time.monotonic() - started
+        assert silent.conns  # it did connect, and was left hanging
+        silent.close()  # the stream thread's last attempt fails now: late warnings would show
+        thread = mon._stream._thread
+        assert thread is not None
+        thread.join(10)
+        assert not thread.is_alive()
     assert len(history.epoch) == 3
-    assert silent.conns  # it did connect, and was left hanging
-    assert len(messages) == 1 and "fitdeck sync" in messages[0], messages
-    spooled = (tmp_path / f"{mon.run_id}.jsonl").read_text().splitlines()
+    assert took < 48 * batch_sleep + 20  # never a stall on the server's account
+    path = tmp_path / f"{mon.run_id}.jsonl"
+    assert len(messages) == 1, messages
+    (message,) = messages
+    assert "fitdeck sync" in message and str(path) in message, message
+    if connect_timeout < 2:
+        assert message.startswith("fitdeck: cannot stream to ws://127.0.0.1:"), message
+    else:
+        assert message.startswith("fitdeck: 54 records did not reach http://127.0.0.1:"), message
+    spooled = path.read_text().splitlines()
     assert len(spooled) - 1 == 1 + 1 + 48 + 3 + 1  # run_start, lr, batches, epochs, run_end
 
 
