@@ -399,6 +399,13 @@ def _warn_now(message: str) -> None:
 
 
 def _schedule_name(optimizer: Any) -> str | None:
+    """The schedule's name when the learning rate is a `LearningRateSchedule` (or a
+    callable), else `None`; a `LossScaleOptimizer` (mixed precision) is seen through."""
+    for _ in range(8):  # wrappers of wrappers, within reason
+        inner = getattr(optimizer, "inner_optimizer", None)
+        if inner is None:
+            break
+        optimizer = inner
     lr = getattr(optimizer, "_learning_rate", None)
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         return type(lr).__name__

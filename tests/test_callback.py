@@ -16,6 +16,7 @@ from tests.conftest import ServerProcess, callback, make_data, make_model
 
 keras = pytest.importorskip("keras")
 from client_callback import FitdeckWarning, LiveMonitor  # noqa: E402
+from client_callback.monitor import _schedule_name  # noqa: E402
 
 
 def monitor(server: ServerProcess, **kwargs: Any) -> LiveMonitor:
@@ -153,6 +154,43 @@ def test_set_lr_on_a_schedule_is_rejected_and_training_finishes(server: ServerPr
     # the schedule's decay shows in the LR series, once per epoch
     lr_values = server.series(mon.run_id, "epoch", "learning_rate")["value"]
     assert lr_values == sorted(lr_values, reverse=True) and lr_values[0] < 0.05
+
+
+def test_a_schedule_is_seen_through_mixed_precision(server: ServerProcess) -> None:
+    """Under `mixed_float16` Keras wraps the optimizer in a LossScaleOptimizer: the
+    schedule inside is still found, reported, and refuses set_lr with its reason."""
+    x, y = make_data(256)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=10, decay_rate=0.9)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = make_model(lr=schedule)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        mon = monitor(server, run_name="mixed-precision-schedule")
+        poster = post_at(server, mon.run_id, batch=3, body={"kind": "set_lr", "lr": 0.1})
+        history = model.fit(
+            x, y, epochs=3, batch_size=32, callbacks=[mon, poster, slow(0.02)], verbose=0
+        )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    assert len(history.epoch) == 3
+    run = server.run(mon.run_id)
+    assert run["meta"]["lr_schedule"] == "ExponentialDecay"
+    assert run["meta"]["optimizer"]["class_name"] == "LossScaleOptimizer"
+    (command,) = server.commands(mon.run_id)
+    assert command["status"] == "rejected"
+    assert "ExponentialDecay" in command["reason"] and "cannot be set" in command["reason"]
+    events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
+    sources = {e["data"]["source"] for e in events if e["kind"] == "lr_change"}
+    assert sources == {"schedule"}
+
+
+def test_schedule_name_unwraps_a_loss_scale_optimizer() -> None:
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=100)
+    wrapped = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(schedule))
+    assert _schedule_name(wrapped) == "CosineDecay"
+    assert _schedule_name(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))) is None
+    assert _schedule_name(keras.optimizers.SGD(0.1)) is None
 
 
 def test_works_beside_the_keras_callbacks(server: ServerProcess, tmp_path: Path) -> None:
