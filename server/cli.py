@@ -172,9 +172,10 @@ def run_sync(args: argparse.Namespace) -> int:
     for url, (why, waiting) in unreachable.items():
         records = sum(r.records for r in waiting)
         files = "1 spool file" if len(waiting) == 1 else f"{len(waiting)} spool files"
+        kept = "1 record" if records == 1 else f"{records} records"
         print(
             f"fitdeck sync: no server at {url} ({why}); start it with `fitdeck serve` or pass "
-            f"--url. {files} ({records} records) kept for the next try.",
+            f"--url. {files} ({kept}) kept for the next try.",
             file=sys.stderr,
         )
     return 0 if all(r.done for r in results) else 1
