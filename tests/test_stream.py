@@ -343,27 +343,6 @@ def test_records_carry_strict_json(tmp_path: Path) -> None:
     assert loads(dumps(s._unacked[0]))["logs"] == {"loss": "NaN", "acc": "Infinity"}
 
 
-# -- start and finish ------------------------------------------------------------------
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: start() returns early while the old thread is alive and leaves _finishing "
-    "set, so that thread quits once caught up and the next fit is not streamed",
-)
-def test_start_while_the_last_fit_is_still_finishing_clears_finishing(tmp_path: Path) -> None:
-    s = make(tmp_path)
-    release = threading.Event()
-    s._thread = threading.Thread(target=release.wait, daemon=True)
-    s._thread.start()
-    try:
-        s._finishing.set()  # what finish() of the previous fit left
-        s.start()
-        assert not s._finishing.is_set()
-    finally:
-        release.set()
-
-
 # -- against a real WebSocket ------------------------------------------------------------
 
 
@@ -489,9 +468,10 @@ def test_after_a_dropped_link_only_what_the_server_lacks_is_resent(
     assert got[1] == list(range(5, 11))
 
 
-def test_a_refusal_close_stops_the_stream_without_retrying(
-    tmp_path: Path, tiny: Callable[..., TinyServer]
+def test_a_refusal_close_is_not_retried_and_the_records_are_kept(
+    tmp_path: Path, tiny: Callable[..., TinyServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(stream_mod, "BACKOFF_START", 0.01)  # a retry would come at once
     connections = 0
 
     def handler(ws: ServerConnection) -> None:
@@ -504,13 +484,16 @@ def test_a_refusal_close_stops_the_stream_without_retrying(
     s = make(tmp_path, url=server.url)
     for step in range(1, 4):
         s.put(batch(step))
-    with pytest.warns(FitdeckWarning, match="refused this run: 1008 Missing or wrong token"):
+    with pytest.warns(FitdeckWarning, match="refused.*Missing or wrong token") as warned:
         s.start()
-        assert s._thread is not None
-        s._thread.join(3)
-    assert not s._thread.is_alive()
+        wait_until(lambda: "refused" in s._warned)
+        time.sleep(0.2)
     assert connections == 1
+    assert len([w for w in warned if issubclass(w.category, FitdeckWarning)]) == 1
     assert s.finish(0.1) == 3
+    assert s._thread is not None
+    s._thread.join(2)
+    assert not s._thread.is_alive()
 
 
 def test_no_server_warns_unreachable_and_keeps_the_records(
@@ -526,3 +509,36 @@ def test_no_server_warns_unreachable_and_keeps_the_records(
     assert s._thread is not None
     s._thread.join(2)
     assert not s._thread.is_alive()
+
+
+def test_a_fit_started_while_the_last_one_still_finishes_is_streamed(
+    tmp_path: Path, tiny: Callable[..., TinyServer]
+) -> None:
+    """finish() gave up waiting for an ack; the thread lives on and must serve the next fit."""
+    got: list[int] = []
+
+    def slow_acks(ws: ServerConnection) -> None:
+        loads(ws.recv())
+        ws.send(dumps(Msg.welcome(RUN, got[-1] if got else 0)))
+        try:
+            for text in ws:
+                got.extend(seqs(loads(text)["records"]))
+                time.sleep(0.15)
+                ws.send(dumps(Msg.ack(got[-1])))
+        except ConnectionClosed:
+            pass
+
+    server = tiny(slow_acks)
+    s = make(tmp_path, url=server.url)
+    for step in range(1, 6):
+        s.put(batch(step, t=0.0))
+    s.start()
+    wait_until(lambda: s.connected and got)
+    s.finish(0.01)  # the first fit ends before its ack arrives
+    s.start()  # the next fit of the same LiveMonitor
+    time.sleep(0.3)  # the late ack has arrived by now
+    for step in range(6, 9):
+        s.put(batch(step, t=0.0))
+    wait_until(lambda: got[-1:] == [8], timeout=3)
+    assert s.finish(3) == 0
+    assert sorted(set(got)) == list(range(1, 9))
