@@ -43,6 +43,7 @@ def post_at(server: ServerProcess, run_id: str, batch: int, body: dict[str, Any]
     return cb
 
 
+@pytest.mark.slow
 def test_every_batch_and_epoch_is_stored_once_equal_to_what_keras_logged(
     server: ServerProcess,
 ) -> None:
@@ -83,6 +84,7 @@ def test_every_batch_and_epoch_is_stored_once_equal_to_what_keras_logged(
     assert sum(1 for r in exported if r["scope"] == "batch" and r["key"] == "loss") == 18
 
 
+@pytest.mark.slow
 def test_stop_command_ends_fit_early_and_is_applied(server: ServerProcess) -> None:
     x, y = make_data(256)
     model = make_model()
@@ -103,6 +105,7 @@ def test_stop_command_ends_fit_early_and_is_applied(server: ServerProcess) -> No
     assert server.run(mon.run_id)["step"] == command["step"] + 1
 
 
+@pytest.mark.slow
 def test_set_lr_command_changes_the_optimizer_within_one_batch(server: ServerProcess) -> None:
     x, y = make_data(256)
     model = make_model(lr=0.01)
@@ -134,6 +137,7 @@ def test_set_lr_command_changes_the_optimizer_within_one_batch(server: ServerPro
     assert change["data"]["source"] == "command" and change["data"]["command_id"] == command["id"]
 
 
+@pytest.mark.slow
 def test_set_lr_on_a_schedule_is_rejected_and_training_finishes(server: ServerProcess) -> None:
     x, y = make_data(256)
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=10, decay_rate=0.9)
@@ -156,6 +160,7 @@ def test_set_lr_on_a_schedule_is_rejected_and_training_finishes(server: ServerPr
     assert lr_values == sorted(lr_values, reverse=True) and lr_values[0] < 0.05
 
 
+@pytest.mark.slow
 def test_a_schedule_is_seen_through_mixed_precision(server: ServerProcess) -> None:
     """Under `mixed_float16` Keras wraps the optimizer in a LossScaleOptimizer: the
     schedule inside is still found, reported, and refuses set_lr with its reason."""
@@ -193,6 +198,7 @@ def test_schedule_name_unwraps_a_loss_scale_optimizer() -> None:
     assert _schedule_name(keras.optimizers.SGD(0.1)) is None
 
 
+@pytest.mark.slow
 def test_works_beside_the_keras_callbacks(server: ServerProcess, tmp_path: Path) -> None:
     x, y = make_data(256)
     model = make_model(lr=0.01)
@@ -238,6 +244,7 @@ def test_works_beside_the_keras_callbacks(server: ServerProcess, tmp_path: Path)
     assert any(e["kind"] == "early_stop" for e in events)
 
 
+@pytest.mark.slow
 def test_terminate_on_nan_stops_and_the_nan_is_stored(server: ServerProcess) -> None:
     x, y = make_data(128)
     y[40:] = math.nan  # the loss becomes NaN on the second batch
@@ -261,6 +268,7 @@ def fitdeck_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
 
 
+@pytest.mark.slow
 def test_a_wrong_token_is_one_clear_warning_and_the_records_are_kept(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -281,6 +289,7 @@ def test_a_wrong_token_is_one_clear_warning_and_the_records_are_kept(
     assert len(spooled) - 1 == 1 + 1 + 8 + 2 + 1  # run_start, lr, batches, epochs, run_end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", ["not-the-token", None])
 def test_a_refused_token_says_how_to_pass_it_and_where_it_is_kept(
     make_server: Callable[..., ServerProcess],
@@ -315,6 +324,7 @@ def test_a_refused_token_says_how_to_pass_it_and_where_it_is_kept(
     assert "the-real-token" not in message
 
 
+@pytest.mark.slow
 def test_with_no_url_and_no_token_it_streams_to_the_local_server(
     make_server: Callable[..., ServerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -331,6 +341,7 @@ def test_with_no_url_and_no_token_it_streams_to_the_local_server(
     assert srv.series(mon.run_id, "batch", "loss")["step"] == [1, 2]
 
 
+@pytest.mark.slow
 def test_works_beside_learning_rate_scheduler_and_tensorboard(
     server: ServerProcess, tmp_path: Path
 ) -> None:

@@ -115,6 +115,7 @@ def test_sync_with_nothing_to_upload_says_so(tmp_path: Path) -> None:
 # -- errors a newcomer meets ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serve_on_a_busy_port_prints_no_url_and_suggests_another(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:  # some other program
         port = busy.getsockname()[1]

@@ -206,6 +206,7 @@ def astuple(target: discovery.Target) -> tuple[str, str | None]:
 # -- LiveMonitor() -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_live_monitor_with_nothing_given_uses_the_discovery_file(rt: Path) -> None:
     keras = pytest.importorskip("keras")
     del keras

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.routing import APIWebSocketRoute
 
 from server import Settings, create_app, protocol
@@ -91,6 +92,7 @@ def test_every_setting_and_cli_flag_is_documented() -> None:
                 assert f"`{flag}" in README, f"flag {flag} is not in the README"
 
 
+@pytest.mark.slow
 def test_server_imports_no_tensorflow() -> None:
     code = (
         "import sys, server, server.app, server.cli\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from server import downsample
 from server.downsample import Point
 
@@ -57,6 +59,7 @@ def test_every_bucket_keeps_its_min_max_and_first_nan() -> None:
     assert [p.step for p in out] == sorted(p.step for p in out)
 
 
+@pytest.mark.slow
 def test_tiers_give_the_same_extremes_as_the_raw_points() -> None:
     rng = random.Random(1)
     pts = points([rng.uniform(-1, 1) for _ in range(300_000)], start=1)

@@ -16,7 +16,7 @@ from server.protocol import MAX_INT, MAX_NAME, MAX_REASON, Rec, dumps
 from server.records import validate_records
 
 MAX_KEYS = 8
-FAST = settings(deadline=None, database=None, max_examples=150)
+FAST = settings(deadline=None, database=None, max_examples=100)
 
 
 def one(rec: Any, max_keys: int = MAX_KEYS) -> tuple[dict[str, Any] | None, str | None]:
@@ -306,7 +306,7 @@ record_like = st.one_of(
 )  # fmt: skip
 
 
-@settings(deadline=None, database=None, max_examples=60)
+@settings(deadline=None, database=None, max_examples=50)
 @given(st.one_of(json_values, st.lists(record_like, max_size=4)))
 def test_arbitrary_json_is_refused_with_bad_request_or_yields_strict_json(raw: Any) -> None:
     try:

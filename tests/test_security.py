@@ -254,6 +254,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_serve_without_a_token_makes_one_keeps_it_and_prints_the_url(tmp_path: Path) -> None:
     db = tmp_path / "fitdeck.db"
     proc, out = serve(db)
@@ -285,6 +286,7 @@ def test_serve_without_a_token_makes_one_keeps_it_and_prints_the_url(tmp_path: P
         stop(proc)
 
 
+@pytest.mark.slow
 def test_no_auth_is_explicit_and_warns_louder_beyond_loopback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -322,6 +324,7 @@ def api_routes(tmp_path: Path) -> list[tuple[str, str]]:
     ]
 
 
+@pytest.mark.slow
 def test_every_api_route_but_health_needs_the_token(server: ServerProcess, tmp_path: Path) -> None:
     ws, run_id = started_run(server)
     ws.close()
@@ -468,6 +471,7 @@ def test_loopback_names_are_allowed_hosts(server: ServerProcess) -> None:
         live(server, host=name, origin=f"http://{name}").close()
 
 
+@pytest.mark.slow
 def test_allowed_hosts_by_flag_and_environment(
     make_server: Callable[..., ServerProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -621,6 +625,7 @@ def test_live_bad_frames_get_specific_errors(server: ServerProcess) -> None:
         assert closed(ws)[0] == 1009
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/ws/train", "/ws/live"])
 def test_a_flooding_connection_is_closed_and_others_are_unaffected(
     threaded_server: Callable[..., ServerProcess], path: str
