@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -120,13 +121,21 @@ def test_a_stream_over_a_left_spool_numbers_after_it(tmp_path: Path) -> None:
 # -- chunking ------------------------------------------------------------------------
 
 
-def test_a_fresh_record_waits_for_company_then_flushes(tmp_path: Path) -> None:
+def test_a_fresh_record_waits_for_company_then_flushes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(stream_mod, "time", SimpleNamespace(time=lambda: now[0]))
     s = make(tmp_path)
-    s.put(batch(1, t=time.time()))
+    s.put(batch(1, t=1000.0))
     drain(s)
     assert s._next_chunk() == []
-    time.sleep(FLUSH_SECONDS * 1.5)
-    assert seqs(s._next_chunk()) == [1]
+    now[0] += FLUSH_SECONDS * 0.9
+    s.put(batch(2, t=now[0]))
+    drain(s)
+    assert s._next_chunk() == []  # the oldest has not waited long enough yet
+    now[0] += FLUSH_SECONDS * 0.2
+    assert seqs(s._next_chunk()) == [1, 2]
 
 
 def test_an_old_record_flushes_at_once_with_those_behind_it(tmp_path: Path) -> None:
