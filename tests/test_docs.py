@@ -47,9 +47,7 @@ def test_every_websocket_message_type_is_documented() -> None:
 def test_every_message_builder_makes_a_listed_type() -> None:
     """`Msg` has one builder per type, and nothing builds a type the list lacks."""
     built = {
-        name: getattr(protocol.Msg, name)
-        for name in dir(protocol.Msg)
-        if not name.startswith("_")
+        name: getattr(protocol.Msg, name) for name in dir(protocol.Msg) if not name.startswith("_")
     }
     samples = {
         "hello": ("0" * 32,),
