@@ -22,6 +22,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.browser"]  # the chromium and dashboard fixtures, for every module
+
 
 def free_port() -> int:
     with socket.socket() as s:

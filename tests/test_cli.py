@@ -19,7 +19,6 @@ import pytest
 
 from server.protocol import Rec
 from server.spool import Spool
-from tests.browser import chromium  # noqa: F401  (a fixture)
 from tests.conftest import ROOT, ServerProcess, free_port
 
 
@@ -212,7 +211,7 @@ def test_a_wrong_token_in_the_link_gets_the_sign_in_page_with_a_note(tmp_path: P
 
 @pytest.mark.browser
 def test_a_browser_with_a_wrong_token_is_told_how_to_sign_in(
-    chromium: Any,  # noqa: F811
+    chromium: Any,
     server: ServerProcess,
 ) -> None:
     context = chromium.new_context()

@@ -16,7 +16,6 @@ from tests.conftest import ServerProcess, callback, make_data, make_model
 if TYPE_CHECKING:
     from tests.browser import Dashboard
 
-pytest_plugins = ["tests.browser"]  # the chromium and dashboard fixtures
 
 keras = pytest.importorskip("keras")
 from client_callback import LiveMonitor  # noqa: E402

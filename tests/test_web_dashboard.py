@@ -27,7 +27,6 @@ from tests.conftest import ServerProcess
 if TYPE_CHECKING:
     from tests.browser import Dashboard
 
-pytest_plugins = ["tests.browser"]  # the chromium and dashboard fixtures
 
 pytestmark = pytest.mark.browser
 ws_client = pytest.importorskip("websockets.sync.client")
