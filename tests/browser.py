@@ -21,9 +21,14 @@ VIEWPORT = {"width": 1280, "height": 800}
 __all__ = ["CHROMIUM", "Dashboard", "chromium", "dashboard"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """A headless Chromium for the session; skipped without one (a failure when CI=true)."""
+    """A headless Chromium for one test module; skipped without one (a failure when CI=true).
+
+    Module scope, not session: Playwright's sync API keeps an event loop running
+    in the main thread while it is open, and `asyncio.run` in a later module's
+    tests refuses to start beside it.
+    """
     if not CHROMIUM.exists():
         message = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
         if os.environ.get("CI") == "true":
