@@ -5,7 +5,7 @@
 
 import * as api from "./api.js";
 import { themeColors } from "./chart_axes.js";
-import { ChartGrid, chartKey, groupByChart } from "./chart_grid.js";
+import { ChartGrid, chartKey, groupByChart, isSetting, settingTail } from "./chart_grid.js";
 import { ChartControls } from "./controls.js";
 import { $, h, replaceChildren } from "./dom.js";
 import { formatValue } from "./format.js";
@@ -151,6 +151,10 @@ export class CompareView {
           else if (key !== LR_KEY) added = true;
         }
         if (added) this.syncCharts();
+        if (message.scope === "batch") {
+          // A setting's step line runs on to the latest batch.
+          for (const card of this.charts.all()) if (card.chart.sources.some((src) => src.tail)) card.chart.invalidate();
+        }
         break;
       }
       default:
@@ -245,14 +249,21 @@ export class CompareView {
       const data = this.data.get(id);
       for (const key of keys) {
         if (!data.keys(this.scope).includes(key)) continue;
-        sources.push({
+        const series = data.series(this.scope, key);
+        const source = {
           label: `${run.name || id.slice(0, 8)} · ${key}`,
-          series: data.series(this.scope, key),
+          series,
           epochOffset: this.scope === "epoch" ? 1 : 0,
           t0: run.created_at,
           color: theme.series[i % theme.series.length],
           dash: key.startsWith("val_") ? "dash" : "solid",
-        });
+        };
+        if (isSetting(run, key)) {
+          // Drawn as steps, never smoothed; in batch scope it runs on to the run's last batch.
+          source.setting = true;
+          if (this.scope === "batch") source.tail = settingTail(data, series, run);
+        }
+        sources.push(source);
       }
     });
     return sources;

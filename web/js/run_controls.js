@@ -1,6 +1,12 @@
 // The controls card of the run page: stop training (after a confirmation)
 // and set the learning rate. Both POST a command; its progress shows in the
 // commands table (run_commands.js).
+//
+// Guards: a learning rate more than LR_CONFIRM_FACTOR times away from the
+// current one (up or down) asks for a confirmation first; Set LR is disabled,
+// with the reason shown, when the optimizer's rate comes from a schedule
+// (the run's meta.lr_schedule, set by the callback also through a
+// mixed-precision LossScaleOptimizer), which would refuse it.
 
 import * as api from "./api.js";
 import { $, setText } from "./dom.js";
@@ -8,6 +14,30 @@ import { formatLr } from "./format.js";
 import { ENDED } from "./protocol.js";
 
 const DECIMAL = /^\s*\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/;
+
+/** A new learning rate this many times above or below the current one needs a confirmation. */
+export const LR_CONFIRM_FACTOR = 10;
+
+/**
+ * How many times `lr` is away from `current` (≥ 1, either direction) when that
+ * is more than LR_CONFIRM_FACTOR; null when no confirmation is needed (or the
+ * current rate is not known).
+ */
+export function lrJump(lr, current) {
+  if (!Number.isFinite(current) || current <= 0 || !Number.isFinite(lr) || lr <= 0) return null;
+  const factor = Math.max(lr / current, current / lr);
+  return factor > LR_CONFIRM_FACTOR ? factor : null;
+}
+
+/** Why Set LR cannot be used on `run` (its LR comes from a schedule), or null. */
+export function lrLockedReason(run) {
+  const schedule = run && run.meta && run.meta.lr_schedule;
+  if (!schedule) return null;
+  return (
+    `The learning rate comes from a ${schedule} schedule, which sets it every step: ` +
+    "Set LR is off for this run. Build the optimizer with a float learning_rate to steer it."
+  );
+}
 
 /** Parse the LR input: a finite number > 0, or an error message naming what was typed. */
 export function parseLr(text) {
@@ -40,12 +70,17 @@ export class RunControls {
     setText($("#control-message"), "");
   }
 
-  /** Enable or disable the controls for the run's status; show its LR. */
+  /** Enable or disable the controls for the run's status and LR schedule; show its LR. */
   render(run) {
     const ended = !run || ENDED.includes(run.status);
+    const locked = lrLockedReason(run);
     $("#stop-button").disabled = ended;
-    this.input.disabled = ended;
-    $("#lr-submit").disabled = ended;
+    this.input.disabled = ended || locked !== null;
+    $("#lr-submit").disabled = ended || locked !== null;
+    const note = $("#lr-locked");
+    note.hidden = locked === null;
+    setText(note, locked || "");
+    $("#lr-submit").title = locked || "";
     setText($("#lr-current"), run ? formatLr(run.lr) : "—");
     if (run && !this.lrDirty && document.activeElement !== this.input && run.lr !== null) {
       this.input.value = formatLr(run.lr);
@@ -93,8 +128,37 @@ export class RunControls {
         return;
       }
       this.showError("");
+      const run = this.view.run;
+      const factor = run ? lrJump(parsed.value, run.lr) : null;
+      if (factor !== null && !(await this.confirmJump(parsed.value, run.lr, factor))) {
+        setText($("#control-message"), `Set LR ${formatLr(parsed.value)}: cancelled, nothing sent.`);
+        input.focus();
+        return;
+      }
       const ok = await this.send({ kind: "set_lr", lr: parsed.value }, `Set LR ${formatLr(parsed.value)}`);
       if (ok) this.lrDirty = false;
+    });
+    const dialog = $("#lr-dialog");
+    $("#cancel-lr").addEventListener("click", () => dialog.close("cancel"));
+    $("#confirm-lr").addEventListener("click", () => dialog.close("confirm"));
+  }
+
+  /** Ask before a learning rate `factor` times away from the current one. Resolves to yes/no. */
+  confirmJump(lr, current, factor) {
+    const dialog = $("#lr-dialog");
+    const way = lr > current ? "larger" : "smaller";
+    const times = factor >= 1e4 ? factor.toExponential(1).replace("e+", "e") : Math.round(factor).toLocaleString();
+    setText(
+      $("#lr-dialog-text"),
+      `${formatLr(lr)} is ${times}× ${way} than the current ${formatLr(current)}. ` +
+        "The optimizer uses it from the next batch; a rate that far off can make the loss " +
+        "diverge (or training stall) at once.",
+    );
+    setText($("#confirm-lr"), `Set ${formatLr(lr)}`);
+    dialog.returnValue = "";
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
+      dialog.showModal();
     });
   }
 
