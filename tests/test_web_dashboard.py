@@ -541,7 +541,9 @@ def drawn(board: Dashboard, selector: str) -> list[dict[str, Any]]:
     return result
 
 
-def lr_record(t: float, step: int, lr: float, previous: float | None, spe: int = 10) -> dict:
+def lr_record(
+    t: float, step: int, lr: float, previous: float | None, spe: int = 10
+) -> dict[str, Any]:
     source = "initial" if previous is None else "callback"
     return {"type": "lr", "t": t, "step": step, "epoch": step / spe, "lr": lr,
             "previous": previous, "source": source}  # fmt: skip
@@ -560,7 +562,7 @@ def test_a_learning_rate_more_than_ten_times_away_asks_first(
     page.locator("#lr-current", has_text="0.01").wait_for()
     dialog = page.locator("#lr-dialog")
 
-    # 1e5 is 10,000,000× the current rate: asked, and cancelling sends nothing.
+    # 1e5 is 10,000,000x the current rate: asked, and cancelling sends nothing.
     page.fill("#lr-input", "1e5")
     page.click("#lr-submit")
     dialog.wait_for(state="visible")
@@ -576,17 +578,17 @@ def test_a_learning_rate_more_than_ten_times_away_asks_first(
     assert not dialog.is_visible()
     assert server.commands(run_id) == []
 
-    # Within 10× either way (0.05 is 5×): sent at once, no question.
+    # Within 10x either way (0.05 is 5x): sent at once, no question.
     page.fill("#lr-input", "0.05")
     page.click("#lr-submit")
     server.wait_for(lambda: len(server.commands(run_id)) == 1, what="the first command")
     assert not dialog.is_visible()
 
-    # 20× smaller: asked, and confirming sends it.
+    # 20x smaller: asked, and confirming sends it.
     page.fill("#lr-input", "0.0005")
     page.press("#lr-input", "Enter")
     dialog.wait_for(state="visible")
-    assert "20× smaller" in (page.text_content("#lr-dialog-text") or "")
+    assert "20\N{MULTIPLICATION SIGN} smaller" in (page.text_content("#lr-dialog-text") or "")
     page.click("#confirm-lr")
     server.wait_for(lambda: len(server.commands(run_id)) == 2, what="the confirmed command")
     assert [c["lr"] for c in server.commands(run_id)] == [0.05, 0.0005]
@@ -676,7 +678,7 @@ def test_settings_are_drawn_as_steps_and_never_smoothed(
     # The compare page: the same, per run, in both scopes.
     page.goto(f"{dashboard.url}/#/compare/{ids[0]},{ids[1]}")
     lr_chart = '#compare-charts .chart[data-key="learning_rate"]'
-    page.wait_for_selector(f'{lr_chart}[data-points="6"]')  # epoch scope: 3 epochs × 2 runs
+    page.wait_for_selector(f'{lr_chart}[data-points="6"]')  # epoch scope: 3 epochs x 2 runs
     assert page.get_attribute(lr_chart, "data-smoothing") == "0.6"
     lines = drawn(dashboard, lr_chart)
     assert [t["role"] for t in lines] == ["raw", "raw"]
