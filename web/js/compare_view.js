@@ -5,13 +5,14 @@
 
 import * as api from "./api.js";
 import { themeColors } from "./chart_axes.js";
-import { ChartGrid, chartKey, groupByChart, isSetting, settingTail } from "./chart_grid.js";
+import { ChartGrid, chartKey, groupByChart } from "./chart_grid.js";
 import { ChartControls } from "./controls.js";
 import { $, h, replaceChildren } from "./dom.js";
 import { formatValue } from "./format.js";
 import { LiveLoader, fetchHistory, mergeHistory, messageRunId } from "./loader.js";
 import { LR_KEY } from "./protocol.js";
 import { statusBadge } from "./runs_view.js";
+import { isSetting, settingTail } from "./settings.js";
 import { RunData } from "./store.js";
 
 const MAX_POINTS = { batch: 2000, epoch: 5000 };

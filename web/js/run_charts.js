@@ -3,10 +3,11 @@
 // server sent downsampled fetches the visible steps again at full detail.
 
 import * as api from "./api.js";
-import { ChartGrid, chartKey, groupByChart, isSetting, settingTail, wireLogToggle } from "./chart_grid.js";
+import { ChartGrid, chartKey, groupByChart, wireLogToggle } from "./chart_grid.js";
 import { Chart } from "./charts.js";
 import { $, setText } from "./dom.js";
 import { LR_KEY } from "./protocol.js";
+import { isSetting, settingTail } from "./settings.js";
 
 export const MAX_POINTS = { batch: 5000, epoch: 5000 }; // per series and request
 
