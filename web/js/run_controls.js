@@ -44,7 +44,8 @@ export class RunControls {
     setText(note, locked || "");
     $("#lr-submit").title = locked || "";
     setText($("#lr-current"), run ? formatLr(run.lr) : "—");
-    if (run && !this.lrDirty && document.activeElement !== this.input && run.lr !== null) {
+    const untouched = !this.lrDirty && document.activeElement !== this.input; // the user is not typing
+    if (run && run.lr !== null && (locked !== null || untouched)) {
       this.input.value = formatLr(run.lr);
     }
     if (ended && run) setText($("#control-message"), `Training ${run.status}: no more commands.`);
@@ -90,13 +91,15 @@ export class RunControls {
         return;
       }
       this.showError("");
-      const run = this.view.run;
+      const { run, runId } = this.view;
       const factor = run ? lrJump(parsed.value, run.lr) : null;
       if (factor !== null && !(await this.confirmJump(parsed.value, run.lr, factor))) {
+        if (runId !== this.view.runId) return; // another run was opened meanwhile
         setText($("#control-message"), `Set LR ${formatLr(parsed.value)}: cancelled, nothing sent.`);
         input.focus();
         return;
       }
+      if (runId !== this.view.runId) return;
       const ok = await this.send({ kind: "set_lr", lr: parsed.value }, `Set LR ${formatLr(parsed.value)}`);
       if (ok) this.lrDirty = false;
     });
@@ -109,7 +112,7 @@ export class RunControls {
   confirmJump(lr, current, factor) {
     const dialog = $("#lr-dialog");
     const way = lr > current ? "larger" : "smaller";
-    const times = factor >= 1e4 ? factor.toExponential(1).replace("e+", "e") : Math.round(factor).toLocaleString();
+    const times = factor < 1e12 ? Math.round(factor).toLocaleString("en") : factor.toExponential(0).replace("e+", "e");
     setText(
       $("#lr-dialog-text"),
       `${formatLr(lr)} is ${times}× ${way} than the current ${formatLr(current)}. ` +
