@@ -1,0 +1,258 @@
+"""Storage faults under a live `fit`: an ack means stored, whatever the database does.
+
+Each test runs a real `model.fit` streaming to a real server subprocess, makes
+the database refuse writes mid-run, lets it recover, and then finds every batch
+and epoch stored exactly once, equal to what Keras logged, in a sound database.
+While the trouble lasts, `/api/health` answers 503 `degraded` with the reason,
+and the trainer hears it (one warning) and keeps its records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ServerProcess, callback, make_data, make_model
+
+keras = pytest.importorskip("keras")
+from client_callback import FitdeckWarning, LiveMonitor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+BATCHES_BEFORE_FAULT = 15
+FAULT_HELD = 2.0  # seconds the trouble lasts after the server reported it
+TIMEOUT = 30.0  # for any one wait below
+
+
+class TmpfsServer(ServerProcess):
+    """A server whose database lives on a small file system; its log stays outside."""
+
+    @property
+    def log_path(self) -> Path:
+        return self.db_path.parent.parent / "server.log"
+
+
+def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
+    response = server.client.get("/api/health", timeout=5)
+    return response.status_code, response.json()
+
+
+def fit_through(
+    server: ServerProcess,
+    begin: Callable[[], None],
+    end: Callable[[], None],
+) -> tuple[LiveMonitor, list[dict[str, float]], Any, list[str], dict[str, Any]]:
+    """A `fit` during which `begin()` makes writes fail and, once the server says
+    so, `end()` makes them work again; its last epoch waits for the recovery.
+
+    Returns the monitor, the batch logs Keras gave, the History, the
+    FitdeckWarnings and the body `/api/health` answered during the trouble.
+    """
+    x, y = make_data(512)
+    model = make_model()
+    mon = LiveMonitor(url=server.url, token=server.token, run_name="storage-fault")
+    batches: list[dict[str, float]] = []
+    degraded: dict[str, Any] = {}
+    problems: list[BaseException] = []
+    recovered = threading.Event()
+
+    def fault() -> None:
+        try:
+            begin()
+            try:
+                degraded.update(
+                    server.wait_for(
+                        lambda: (lambda s, b: b if s == 503 else None)(*health(server)),
+                        TIMEOUT,
+                        "/api/health to report the storage trouble",
+                    )
+                )
+                time.sleep(FAULT_HELD)  # the trainer keeps sending into the trouble
+            finally:
+                end()
+            server.wait_for(lambda: health(server)[0] == 200, TIMEOUT, "storage to recover")
+        except BaseException as exc:  # re-raised by the test
+            problems.append(exc)
+        finally:
+            recovered.set()
+
+    def on_train_batch_end(self: Any, batch: int, logs: Any = None) -> None:
+        batches.append(dict(logs))
+        if len(batches) == BATCHES_BEFORE_FAULT:
+            threading.Thread(target=fault, daemon=True).start()
+        time.sleep(0.01)
+
+    def on_epoch_begin(self: Any, epoch: int, logs: Any = None) -> None:
+        if epoch == 3:  # the last: end the fit only once the stream is back
+            recovered.wait(3 * TIMEOUT)
+            server.wait_for(lambda: mon._stream.connected, TIMEOUT, "the stream to reconnect")
+
+    hooks = callback(on_train_batch_end=on_train_batch_end, on_epoch_begin=on_epoch_begin)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[hooks, mon])
+    if problems:
+        raise problems[0]
+    warned = [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+    return mon, batches, history, warned, degraded
+
+
+def assert_everything_stored_once(
+    server: ServerProcess, mon: LiveMonitor, batches: list[dict[str, float]], history: Any
+) -> None:
+    run = server.run(mon.run_id)
+    assert run["status"] == "finished"
+    for key in ("loss", "accuracy"):
+        series = server.series(mon.run_id, "batch", key)
+        assert series["step"] == list(range(1, len(batches) + 1)), key
+        assert series["value"] == [b[key] for b in batches], key
+    for key, values in history.history.items():
+        assert server.series(mon.run_id, "epoch", key)["value"] == values, key
+    assert mon._stream.pending() == 0
+    assert not mon._stream.spool.path.exists()
+
+
+def assert_sound(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
+
+
+def test_write_lock_held_past_the_busy_timeout_loses_nothing(tmp_path: Path) -> None:
+    """Another process holds the write lock (`BEGIN IMMEDIATE`) for longer than the
+    writer's busy timeout (5 s), then lets go."""
+    db = tmp_path / "locked.db"
+    server = ServerProcess(db, "tok").start()
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        mon, batches, history, warned, degraded = fit_through(
+            server,
+            begin=lambda: holder.execute("BEGIN IMMEDIATE"),
+            end=lambda: holder.execute("ROLLBACK"),
+        )
+        assert degraded == {"status": "degraded", "reason": "database is locked"}
+        assert len(warned) == 1 and "cannot store records" in warned[0], warned
+        assert "database is locked" in warned[0]
+        assert_everything_stored_once(server, mon, batches, history)
+    finally:
+        holder.close()
+        server.close()
+    assert_sound(db)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "16m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` (we run as root, here and in CI)."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (root needed): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a ballast file until the file system is full."""
+    ballast = disk / "ballast"
+    chunk = b"\0" * (64 << 10)
+    with ballast.open("wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(chunk)
+    return ballast
+
+
+def test_disk_that_fills_mid_run_loses_nothing(tmp_path: Path) -> None:
+    """The database's file system fills up (a ballast file takes all that is left of a
+    small tmpfs), then has room again (the ballast is deleted)."""
+    with small_disk(tmp_path / "disk") as disk:
+        db = disk / "full.db"
+        server = TmpfsServer(db, "tok").start()
+        ballast = disk / "ballast"
+        try:
+            mon, batches, history, warned, degraded = fit_through(
+                server, begin=lambda: [fill(disk)] and None, end=ballast.unlink
+            )
+            assert degraded["status"] == "degraded"
+            assert degraded["reason"] == "database or disk is full"
+            assert len(warned) == 1 and "cannot store records" in warned[0], warned
+            assert_everything_stored_once(server, mon, batches, history)
+        finally:
+            server.close()
+        assert_sound(db)
+
+
+@pytest.mark.skipif(
+    shutil.which("strace") is None and os.environ.get("CI") != "true",
+    reason="needs strace (part of the machine image; CI must have it)",
+)
+def test_file_system_turning_read_only_mid_run_loses_nothing(tmp_path: Path) -> None:
+    """Every write of the server to its files fails as on a read-only file system
+    (EROFS), then works again.
+
+    The kernel refuses `mount -o remount,ro` while a process holds a file open for
+    writing (EBUSY), as the server holds its database, and a file system it turns
+    read-only by force after an error (ext4 `errors=remount-ro`) stays so until
+    unmounted; and chmod does not stop root. So the real server process gets EROFS
+    from its `pwrite64` calls through strace's fault injection, until strace detaches.
+    """
+    db = tmp_path / "readonly.db"
+    server = ServerProcess(db, "tok").start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    tracer: list[subprocess.Popen[bytes]] = []
+
+    def read_only() -> None:
+        tracer.append(
+            subprocess.Popen(
+                [
+                    "strace",
+                    "-qq",
+                    "-f",
+                    "-p",
+                    str(pid),
+                    "-o",
+                    "/dev/null",
+                    "-e",
+                    "trace=pwrite64",
+                    "-e",
+                    "inject=pwrite64:error=EROFS",
+                ],
+            )  # fmt: skip
+        )
+
+    def writable() -> None:
+        tracer[0].send_signal(signal.SIGINT)  # strace detaches and leaves the server be
+        tracer[0].wait(10)
+
+    try:
+        mon, batches, history, warned, degraded = fit_through(server, read_only, writable)
+        assert degraded == {"status": "degraded", "reason": "disk I/O error"}
+        assert len(warned) == 1 and "cannot store records" in warned[0], warned
+        assert_everything_stored_once(server, mon, batches, history)
+    finally:
+        for proc in tracer:
+            if proc.poll() is None:
+                proc.kill()
+        server.close()
+    assert_sound(db)
