@@ -51,8 +51,8 @@ def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
 
 def fit_through(
     server: ServerProcess,
-    begin: Callable[[], None],
-    end: Callable[[], None],
+    begin: Callable[[], object],
+    end: Callable[[], object],
 ) -> tuple[LiveMonitor, list[dict[str, float]], Any, list[str], dict[str, Any]]:
     """A `fit` during which `begin()` makes writes fail and, once the server says
     so, `end()` makes them work again; its last epoch waits for the recovery.
@@ -175,10 +175,9 @@ def fill(disk: Path) -> Path:
     """Write a ballast file until the file system is full."""
     ballast = disk / "ballast"
     chunk = b"\0" * (64 << 10)
-    with ballast.open("wb", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(chunk)
+    with ballast.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(chunk)
     return ballast
 
 
@@ -191,7 +190,7 @@ def test_disk_that_fills_mid_run_loses_nothing(tmp_path: Path) -> None:
         ballast = disk / "ballast"
         try:
             mon, batches, history, warned, degraded = fit_through(
-                server, begin=lambda: [fill(disk)] and None, end=ballast.unlink
+                server, begin=lambda: fill(disk), end=ballast.unlink
             )
             assert degraded["status"] == "degraded"
             assert degraded["reason"] == "database or disk is full"
@@ -221,25 +220,11 @@ def test_file_system_turning_read_only_mid_run_loses_nothing(tmp_path: Path) -> 
     assert server.proc is not None
     pid = server.proc.pid
     tracer: list[subprocess.Popen[bytes]] = []
+    inject = ["-e", "trace=pwrite64", "-e", "inject=pwrite64:error=EROFS"]
 
     def read_only() -> None:
-        tracer.append(
-            subprocess.Popen(
-                [
-                    "strace",
-                    "-qq",
-                    "-f",
-                    "-p",
-                    str(pid),
-                    "-o",
-                    "/dev/null",
-                    "-e",
-                    "trace=pwrite64",
-                    "-e",
-                    "inject=pwrite64:error=EROFS",
-                ],
-            )  # fmt: skip
-        )
+        cmd = ["strace", "-qq", "-f", "-p", str(pid), "-o", "/dev/null", *inject]
+        tracer.append(subprocess.Popen(cmd))
 
     def writable() -> None:
         tracer[0].send_signal(signal.SIGINT)  # strace detaches and leaves the server be
