@@ -130,11 +130,11 @@ class Store:
     """The database behind one server: runs, metric points, events, commands."""
 
     def __init__(
-        self, path: Path, *, batch_tasks: int = 512, busy_timeout: float = BUSY_TIMEOUT
+        self, path: Path, *, batch_tasks: int = 512, busy_timeout: float | None = None
     ) -> None:
         self.path = Path(path)
         self._batch_tasks = batch_tasks
-        self._busy_timeout = busy_timeout
+        self._busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         self.trouble: str | None = None
         """Why writes fail right now (SQLite's message), or None while they commit."""
         self.on_health: Callable[[str | None], None] | None = None

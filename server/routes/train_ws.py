@@ -44,6 +44,8 @@ __all__ = ["router"]
 log = logging.getLogger("fitdeck.train")
 router = APIRouter()
 
+Send = Callable[[str], Awaitable[None]]
+
 HELLO_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 4  # frames being stored while the next is read
 
@@ -79,23 +81,9 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             return
         trouble = state.hub.storage_trouble  # the event of this moment: set when writes fail
         accepted = True
-        if trainer:
-            connected = await _store(
-                state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
-            )
-            old = state.trainers.attach(run_id, send)
-            if old is not None:
-                log.info("run %s: a newer connection replaces the previous one", run_id)
-        else:
-            connected = await _store(
-                state, run_id, lambda c: lifecycle.progress(c, state.store.memory, run_id)
-            )
-        await send(dumps(Msg.welcome(run_id, connected.last_seq)))
-        if trainer:
-            unfinished = await state.store.write(lambda c: commands.unfinished_commands(c, run_id))
-            for command in unfinished:
-                await send(dumps(Msg.command(command)))
-        if await _until_trouble(_receive_all(ws, state, run_id, send), trouble):
+        # Every write from here on may meet storage trouble: the connection then closes.
+        session = _session(ws, state, run_id, trainer, send)
+        if await _until_trouble(session, trouble):
             await _storage_close(ws, send, state.hub.storage_reason or "storage trouble")
     except WebSocketDisconnect:
         pass
@@ -119,7 +107,27 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
                     )
 
 
-async def _storage_close(ws: WebSocket, send: Callable[[str], Awaitable[None]], why: str) -> None:
+async def _session(ws: WebSocket, state: AppState, run_id: str, trainer: bool, send: Send) -> None:
+    """Welcome the connection (a trainer also takes the command link and hears of
+    unfinished commands), then take its records until it leaves."""
+    if trainer:
+        connected = await _store(
+            state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
+        )
+        if state.trainers.attach(run_id, send) is not None:
+            log.info("run %s: a newer connection replaces the previous one", run_id)
+    else:
+        connected = await _store(
+            state, run_id, lambda c: lifecycle.progress(c, state.store.memory, run_id)
+        )
+    await send(dumps(Msg.welcome(run_id, connected.last_seq)))
+    if trainer:
+        for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
+            await send(dumps(Msg.command(command)))
+    await _receive_all(ws, state, run_id, send)
+
+
+async def _storage_close(ws: WebSocket, send: Send, why: str) -> None:
     """Tell the trainer its records cannot be stored now, and close: it resends later."""
     message = (
         f"The server cannot store records right now ({why}); nothing it did not store is "
