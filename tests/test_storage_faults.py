@@ -20,11 +20,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import ServerProcess, callback, make_data, make_model
+
+if TYPE_CHECKING:
+    from tests.browser import Dashboard
 
 keras = pytest.importorskip("keras")
 from client_callback import FitdeckWarning, LiveMonitor  # noqa: E402
@@ -241,3 +244,34 @@ def test_file_system_turning_read_only_mid_run_loses_nothing(tmp_path: Path) -> 
                 proc.kill()
         server.close()
     assert_sound(db)
+
+
+@pytest.mark.browser
+def test_dashboard_shows_a_banner_while_writes_fail_and_drops_it_after(
+    server: ServerProcess, dashboard: Dashboard
+) -> None:
+    page = dashboard.page
+    banner = page.locator("#storage-banner")
+    assert banner.is_hidden()
+    holder = sqlite3.connect(server.db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    answers: list[int] = []
+    run_id = "e" * 32
+
+    def write() -> None:  # any write will do: it meets the lock
+        response = server.client.post(
+            f"/api/runs/{run_id}/commands", json={"kind": "stop"}, timeout=60
+        )
+        answers.append(response.status_code)
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        writer.start()
+        banner.wait_for(state="visible", timeout=TIMEOUT * 1000)
+        assert "database is locked" in banner.inner_text()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    banner.wait_for(state="hidden", timeout=TIMEOUT * 1000)
+    writer.join(TIMEOUT)
+    assert answers == [404]  # the write ran once storage was back: no such run
