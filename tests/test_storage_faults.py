@@ -157,21 +157,62 @@ def test_write_lock_held_past_the_busy_timeout_loses_nothing(tmp_path: Path) -> 
     assert_sound(db)
 
 
+PAGE_LIMIT_HOOK = """
+import os
+from pathlib import Path
+
+from server import store
+
+_control = Path(os.environ["FITDECK_TEST_PAGE_LIMIT"])
+_run_batch = store.Store._run_batch
+
+
+def _limited(self, conn, tasks):
+    # SQLite's own "disk": at most the pages the control file names (none: no limit).
+    limit = _control.read_text().strip() if _control.exists() else ""
+    conn.execute(f"PRAGMA max_page_count = {int(limit) if limit else 1073741823}")
+    return _run_batch(self, conn, tasks)
+
+
+store.Store._run_batch = _limited
+"""
+
+
 @contextlib.contextmanager
-def small_disk(path: Path, size: str = "16m") -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `path` (we run as root, here and in CI)."""
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (root needed): {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+def filling_disk(
+    tmp_path: Path, size: str = "16m"
+) -> Iterator[tuple[ServerProcess, Callable[[], object], Callable[[], object]]]:
+    """A server whose disk can be filled (`begin`) and emptied again (`end`).
+
+    A small tmpfs holds the database, filled by a ballast file: we run as root,
+    here and in CI. Where mounting is refused, SQLite's `max_page_count` (set in
+    the server process through a `sitecustomize` hook) plays the full disk.
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode == 0:
+        ballast = disk / "ballast"
+        try:
+            yield TmpfsServer(disk / "full.db", "tok"), lambda: fill(disk), ballast.unlink
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+        return
+    hook, control = tmp_path / "hook", tmp_path / "page-limit"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PAGE_LIMIT_HOOK)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    env = {"PYTHONPATH": path, "FITDECK_TEST_PAGE_LIMIT": str(control)}
+    server = ServerProcess(disk / "full.db", "tok", env=env)
+
+    def full() -> None:
+        conn = sqlite3.connect(server.db_path)
+        try:
+            control.write_text(str(conn.execute("PRAGMA page_count").fetchone()[0]))
+        finally:
+            conn.close()
+
+    yield server, full, control.unlink
 
 
 def fill(disk: Path) -> Path:
@@ -187,21 +228,17 @@ def fill(disk: Path) -> Path:
 def test_disk_that_fills_mid_run_loses_nothing(tmp_path: Path) -> None:
     """The database's file system fills up (a ballast file takes all that is left of a
     small tmpfs), then has room again (the ballast is deleted)."""
-    with small_disk(tmp_path / "disk") as disk:
-        db = disk / "full.db"
-        server = TmpfsServer(db, "tok").start()
-        ballast = disk / "ballast"
+    with filling_disk(tmp_path) as (server, full, room_again):
+        server.start()
         try:
-            mon, batches, history, warned, degraded = fit_through(
-                server, begin=lambda: fill(disk), end=ballast.unlink
-            )
+            mon, batches, history, warned, degraded = fit_through(server, full, room_again)
             assert degraded["status"] == "degraded"
             assert degraded["reason"] == "database or disk is full"
             assert len(warned) == 1 and "cannot store records" in warned[0], warned
             assert_everything_stored_once(server, mon, batches, history)
         finally:
             server.close()
-        assert_sound(db)
+        assert_sound(server.db_path)
 
 
 @pytest.mark.skipif(
