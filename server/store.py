@@ -213,7 +213,14 @@ class Store:
                     break
                 tasks.append(item)
             stop = self._take_queued(tasks) or stop
-            failure = self._run_batch(conn, tasks)
+            try:
+                failure = self._run_batch(conn, tasks)
+            except Exception as exc:  # a bug: its callers hear of it, the writer goes on
+                log.exception("write batch of %d tasks failed", len(tasks))
+                self._fail(tasks, exc)
+                failure = None
+            if conn.in_transaction:  # a rollback that failed too: start afresh
+                conn = self._reconnect(conn)
             self._set_trouble(failure)
             if failure is None:
                 tasks, delay = [], RETRY_START
@@ -250,10 +257,26 @@ class Store:
                 break
             if nxt is not None:
                 tasks.append(nxt)
-        error = StorageUnavailable(f"The database could not be written ({failure}).")
+        self._fail(tasks, StorageUnavailable(f"The database could not be written ({failure})."))
+
+    @staticmethod
+    def _fail(tasks: list[tuple[WriteFn[Any], Future[Any]]], error: BaseException) -> None:
         for _fn, future in tasks:
             with suppress(InvalidStateError):
                 future.set_exception(error)
+
+    def _reconnect(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """A fresh writer connection (the old one is stuck in a transaction), if one opens."""
+        try:
+            fresh = _connect(self.path, busy_timeout=self._busy_timeout)
+            fresh.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            log.warning("cannot reopen the database yet: %s", exc)
+            return conn
+        self.memory.clear()
+        with suppress(sqlite3.Error):
+            conn.close()
+        return fresh
 
     def _set_trouble(self, failure: str | None) -> None:
         if failure == self.trouble:
