@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 BATCHES_BEFORE_FAULT = 15
 FAULT_HELD = 2.0  # seconds the trouble lasts after the server reported it
 TIMEOUT = 30.0  # for any one wait below
+MEMORY = 16  # records a trainer keeps in memory before it spills to its spool
 
 
 class TmpfsServer(ServerProcess):
@@ -61,13 +62,17 @@ def fit_through(
     so, `end()` makes them work again; its last epoch waits for the recovery.
 
     Returns the monitor, the batch logs Keras gave, the History, the
-    FitdeckWarnings and the body `/api/health` answered during the trouble.
+    FitdeckWarnings and the body `/api/health` answered during the trouble
+    (with `spooled`: the most records the trainer's spool file held).
     """
     x, y = make_data(512)
     model = make_model()
-    mon = LiveMonitor(url=server.url, token=server.token, run_name="storage-fault")
+    # Few records in memory: those the trouble holds back spill to the spool file.
+    mon = LiveMonitor(
+        url=server.url, token=server.token, run_name="storage-fault", memory_records=MEMORY
+    )
     batches: list[dict[str, float]] = []
-    degraded: dict[str, Any] = {}
+    degraded: dict[str, Any] = {"spooled": 0}
     problems: list[BaseException] = []
     recovered = threading.Event()
 
@@ -93,6 +98,7 @@ def fit_through(
 
     def on_train_batch_end(self: Any, batch: int, logs: Any = None) -> None:
         batches.append(dict(logs))
+        degraded["spooled"] = max(degraded["spooled"], len(mon._stream.spool))
         if len(batches) == BATCHES_BEFORE_FAULT:
             threading.Thread(target=fault, daemon=True).start()
         time.sleep(0.01)
@@ -127,6 +133,14 @@ def assert_everything_stored_once(
     assert not mon._stream.spool.path.exists()
 
 
+def assert_told(degraded: dict[str, Any], reason: str, warned: list[str]) -> None:
+    """Health said why; the trainer warned once and spilled what waited to its spool."""
+    assert degraded.pop("spooled") > 0
+    assert degraded == {"status": "degraded", "reason": reason}
+    assert len(warned) == 1 and "cannot store records" in warned[0], warned
+    assert reason in warned[0]
+
+
 def assert_sound(db: Path) -> None:
     conn = sqlite3.connect(db)
     try:
@@ -147,9 +161,7 @@ def test_write_lock_held_past_the_busy_timeout_loses_nothing(tmp_path: Path) -> 
             begin=lambda: holder.execute("BEGIN IMMEDIATE"),
             end=lambda: holder.execute("ROLLBACK"),
         )
-        assert degraded == {"status": "degraded", "reason": "database is locked"}
-        assert len(warned) == 1 and "cannot store records" in warned[0], warned
-        assert "database is locked" in warned[0]
+        assert_told(degraded, "database is locked", warned)
         assert_everything_stored_once(server, mon, batches, history)
     finally:
         holder.close()
@@ -232,9 +244,7 @@ def test_disk_that_fills_mid_run_loses_nothing(tmp_path: Path) -> None:
         server.start()
         try:
             mon, batches, history, warned, degraded = fit_through(server, full, room_again)
-            assert degraded["status"] == "degraded"
-            assert degraded["reason"] == "database or disk is full"
-            assert len(warned) == 1 and "cannot store records" in warned[0], warned
+            assert_told(degraded, "database or disk is full", warned)
             assert_everything_stored_once(server, mon, batches, history)
         finally:
             server.close()
@@ -272,8 +282,7 @@ def test_file_system_turning_read_only_mid_run_loses_nothing(tmp_path: Path) -> 
 
     try:
         mon, batches, history, warned, degraded = fit_through(server, read_only, writable)
-        assert degraded == {"status": "degraded", "reason": "disk I/O error"}
-        assert len(warned) == 1 and "cannot store records" in warned[0], warned
+        assert_told(degraded, "disk I/O error", warned)
         assert_everything_stored_once(server, mon, batches, history)
     finally:
         for proc in tracer:
