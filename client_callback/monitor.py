@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ log = logging.getLogger("fitdeck.callback")
 _ACTIVE: weakref.WeakSet[LiveMonitor] = weakref.WeakSet()
 """Monitors whose `fit` has begun and not ended."""
 _hooks_installed = False
+_fit_watched = False
 
 
 class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
@@ -72,8 +74,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             running on this machine at that address, then no token.
         params: Hyperparameters or notes to show with the run; a dict of
             JSON-friendly values (others are shown as text). Defaults to `{}`.
-        flush_timeout: Seconds `on_train_end` waits for the server to
-            acknowledge the last records while connected. Defaults to `5.0`.
+        flush_timeout: Seconds the end of `fit` (or a `fit` that raised)
+            waits for the server to acknowledge the last records, while
+            connected or while the first connection is being made. Defaults
+            to `5.0`.
         memory_records: Most sent-but-unacknowledged records kept in memory;
             older ones are spilled to the spool file. Defaults to `10_000`.
         spool_dir: Where records the server has not acknowledged are kept
@@ -160,6 +164,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._lr_check = False
         self._stopped_by_command = False
         self._thread_ident: int | None = None
+        _watch_fit()
 
     # -- the hot path ------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     # -- once per epoch or fit -------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self in _ACTIVE:  # the last fit raised and its caller caught the exception
+        if self in _ACTIVE:  # the last fit raised unseen by `_watch_fit` and was caught
             self._fail(None, "the previous fit ended by an exception that was caught")
         _install_exit_hooks()
         _ACTIVE.add(self)
@@ -238,12 +243,25 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _fail(self, exc: BaseException | None, message: str | None = None) -> None:
         """The fit ended by an exception (or the process is exiting during it)."""
-        if exc is not None:
-            error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-        else:
-            error = {"type": "Interrupted", "message": message or "fit did not finish"}
         with contextlib.suppress(Exception):  # reporting a failure must not fail
+            if exc is not None:
+                error = {"type": type(exc).__name__, "message": _message(exc)}
+            else:
+                error = {"type": "Interrupted", "message": message or "fit did not finish"}
             self._end("failed", error)
+
+    def _fit_raised(self, model: Any, exc: BaseException, began: bool) -> None:
+        """`fit` raised `exc` (seen by `_watch_fit`); `began`: this fit reached our
+        `on_train_begin`. A fit that raised before it (in another callback's
+        `on_train_begin`, or before any hook) still leaves a failed run."""
+        if self in _ACTIVE:
+            self._fail(exc)
+        elif not began:
+            with contextlib.suppress(Exception):
+                if self._model is None:
+                    self.set_model(model)
+                self.on_train_begin()
+                self._fail(exc)
 
     # -- commands, applied on the training thread ------------------------------
 
@@ -432,10 +450,64 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- fits that end by an exception --------------------------------------------
-# Keras does not call on_train_end when fit raises. The uncaught exception
-# reaches sys.excepthook (or threading.excepthook, or IPython's post_run_cell);
-# a process that exits mid-fit runs atexit. Each marks the run failed with the
-# exception's type and message and sends or spools what is left.
+# Keras does not call on_train_end when fit raises. `_watch_fit` sees the
+# exception on its way out of `fit`, caught later or not. Behind it, for a fit
+# it cannot see (a model class whose `fit` bypasses keras.Model.fit): the
+# uncaught exception reaches sys.excepthook (or threading.excepthook, or
+# IPython's post_run_cell); a process that exits mid-fit runs atexit. Each marks
+# the run failed with the exception's type and message and sends or spools what
+# is left.
+
+
+def _watch_fit() -> None:
+    """Wrap `keras.Model.fit` once (every Keras model's `fit`, also a subclass's that
+    calls `super().fit`), so that a fit that raises is seen with its exception wherever
+    it came from (a step, the data, any callback's hook, the first ones included) and
+    whether or not the caller catches it. Keras calls no hook when fit raises."""
+    global _fit_watched
+    fit = keras.Model.fit
+    if _fit_watched or getattr(fit, "_fitdeck_watched", False):
+        _fit_watched = True
+        return
+    _fit_watched = True
+
+    @functools.wraps(fit)
+    def watched_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        given = kwargs.get("callbacks", args[5] if len(args) > 5 else None)
+        monitors = {m: m._fits for m in _monitors_in(given)}
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                for monitor, fits in monitors.items():
+                    monitor._fit_raised(self, exc, began=monitor._fits > fits)
+            raise
+
+    watched_fit._fitdeck_watched = True  # type: ignore[attr-defined]
+    keras.Model.fit = watched_fit
+
+
+def _monitors_in(callbacks: Any) -> list[LiveMonitor]:
+    """The LiveMonitors among `fit`'s `callbacks` argument (a list, nested or not, or
+    a `CallbackList`)."""
+    found: list[LiveMonitor] = []
+    todo = [callbacks]
+    while todo and len(found) < 64:
+        item = todo.pop()
+        if isinstance(item, LiveMonitor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, keras.callbacks.CallbackList):
+            todo.extend(item.callbacks)
+    return found
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)[:2000]
+    except Exception:  # an exception whose __str__ raises
+        return f"<{type(exc).__name__}: unprintable>"
 
 
 def _install_exit_hooks() -> None:

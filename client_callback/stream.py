@@ -106,6 +106,7 @@ class Stream:
         self._state_lock = threading.Lock()  # guards _running against _finishing
         self._finishing = threading.Event()
         self._wake = threading.Event()
+        self._tried = threading.Event()  # the thread's first connection attempt has ended
 
     # -- training-thread side -------------------------------------------------
 
@@ -120,6 +121,7 @@ class Stream:
             if self._running and alive:  # the last fit's thread goes on with this one
                 return
             self._running = True
+            self._tried.clear()
             self._thread = threading.Thread(target=self._run, name="fitdeck-stream", daemon=True)
             self._thread.start()
 
@@ -148,9 +150,13 @@ class Stream:
         self._finishing.set()
         self._wake.set()
         thread = self._thread
+        deadline = time.monotonic() + timeout
+        if thread is not None and not self.connected:
+            # A fit that ends (or raises) at once: give its first attempt the time.
+            self._tried.wait(timeout)
         connected = self.connected
         if thread is not None and connected:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._drain_locked()
             self._spill_locked(0)
@@ -220,6 +226,7 @@ class Stream:
                 self._warn_unreachable(exc)
             finally:
                 self.connected = False
+                self._tried.set()
             if refused is not None:
                 self._refused(refused)
             if self._done():
@@ -295,6 +302,7 @@ class Stream:
             self._ack_locked(last_seq)
             self._sent_seq = last_seq
         self.connected = True
+        self._tried.set()
         while True:
             self._drain()
             more = self._send_some(ws)
