@@ -81,7 +81,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
     """
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that
+    # say they are TCP, and with it on every keep-alive answer waited ~40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         if os.name == "posix":  # restart at once after a stop (TIME_WAIT), as uvicorn does
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,0 +1,328 @@
+"""The HTML report: what it draws is capped, its cost is linear in that, and serving
+it is bounded (a few at once, off the event loop, abandoned when the client leaves)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+from websockets.sync.client import connect
+
+from server import report
+from server.downsample import Point
+from server.store import Store
+from tests.conftest import ServerProcess
+
+RUN = "0123456789abcdef0123456789abcdef"
+KEYS_PER_RECORD = 200  # under max_keys_per_record (256)
+
+
+def series(n_keys: int, n_points: int) -> dict[str, tuple[list[Point], bool]]:
+    return {
+        f"m{k:04d}": ([Point(s + 1, s / 10, 1.0, 0.5 + s) for s in range(n_points)], False)
+        for k in range(n_keys)
+    }
+
+
+RUN_ROW = {"id": RUN, "name": "wide", "status": "finished", "meta": {"steps_per_epoch": 10}}
+
+
+def test_the_plan_caps_charts_and_points_and_names_what_it_leaves_out() -> None:
+    keys = [f"m{k:04d}" for k in range(800)]
+    plan = report.plan({"epoch": [*keys, "learning_rate", "val_m0000"], "batch": keys})
+    drawn = {k.removeprefix("val_") for scope in plan.keys.values() for k in scope} - {
+        "learning_rate"
+    }
+    assert len(drawn) == report.MAX_CHARTS
+    assert "learning_rate" in plan.keys["epoch"] and "val_m0000" in plan.keys["epoch"]
+    n_series = sum(len(k) for k in plan.keys.values())
+    assert plan.points * n_series <= report.MAX_POINTS
+    assert plan.points <= report.SERIES_POINTS
+    assert len(plan.left_out) == 800 - report.MAX_CHARTS
+    small = report.plan({"epoch": ["loss"], "batch": ["loss"]})
+    assert small.points == report.SERIES_POINTS and not small.left_out
+
+
+def figure_of(page: str) -> dict[str, Any]:
+    figure: dict[str, Any] = json.loads(
+        page.split("var figure = ", 1)[1].split(";\nPlotly.newPlot", 1)[0]
+    )
+    return figure
+
+
+def drawn_series(page: str) -> int:
+    return sum(1 for t in figure_of(page)["data"] if "legendgroup" in t)
+
+
+def test_a_report_draws_at_most_max_charts_and_says_how_many_it_left_out() -> None:
+    page = report.build(RUN_ROW, series(120, 3), series(120, 3), [])
+    figure = figure_of(page)
+    charts = [k for k in figure["layout"] if k.startswith("yaxis")]
+    assert len(charts) == report.MAX_CHARTS
+    scatter = [t for t in figure["data"] if t["type"] == "scatter"]
+    assert len(scatter) == 2 * report.MAX_CHARTS  # batch and epoch of each drawn metric
+    table = figure["data"][0]["cells"]["values"]
+    assert "not drawn" in table[0]
+    assert table[1][table[0].index("not drawn")].startswith("70 more charts")
+
+
+def build_seconds(n_charts: int) -> float:
+    epoch, batch = series(n_charts, 200), series(n_charts, 200)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        report.build(RUN_ROW, epoch, batch, [{"kind": "lr_change", "step": 5, "epoch": 0}])
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_the_cost_of_a_report_is_linear_in_the_charts_it_draws() -> None:
+    """Five times the charts: about five times the work (it was quadratic: plotly's
+    subplot lookups), with room for the fixed part and a loaded machine."""
+    report.build(RUN_ROW, {}, {}, [])  # plotly.js and the template, read once
+    small, large = build_seconds(10), build_seconds(50)
+    assert large / small < 10, (small, large)
+
+
+def test_a_name_cannot_end_the_script_or_become_markup() -> None:
+    evil = "</script><script>window.bad=1</script>&"
+    page = report.build({**RUN_ROW, "name": evil}, {evil: ([Point(1, 0.0, 1.0, 1.0)], False)}, {},
+                        [])  # fmt: skip
+    script = page.split("var figure = ", 1)[1]
+    assert "</script><script>window.bad" not in script.split("Plotly.newPlot", 1)[0]
+    assert "<script>window.bad=1" not in page
+    assert f"<title>{'&lt;/script&gt;'}" in page
+
+
+# -- serving -------------------------------------------------------------------------
+
+
+def test_the_gate_lets_a_few_build_a_few_wait_and_refuses_the_rest() -> None:
+    async def scenario() -> tuple[int, int]:
+        gate = report.Gate(running=2, waiting=1)
+        release = asyncio.Event()
+        admitted = 0
+        refused = 0
+
+        async def one() -> None:
+            nonlocal admitted, refused
+            try:
+                async with gate.slot(patience=5):
+                    admitted += 1
+                    await release.wait()
+            except report.Busy:
+                refused += 1
+
+        tasks = [asyncio.create_task(one()) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        assert (admitted, refused) == (2, 2)  # two build, one waits, two are refused
+        release.set()
+        await asyncio.gather(*tasks)
+        return admitted, refused
+
+    assert asyncio.run(scenario()) == (3, 2)
+
+
+def test_waiting_longer_than_the_patience_is_refused() -> None:
+    async def scenario() -> None:
+        gate = report.Gate(running=1, waiting=1)
+        async with gate.slot():
+            with pytest.raises(report.Busy):
+                async with gate.slot(patience=0.05):
+                    pass
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "r.db")
+    s.open()
+    yield s
+    s.close()
+
+
+def wide_records(n_keys: int, steps: int) -> list[dict[str, Any]]:
+    """A run with `n_keys` metrics in both scopes, per batch and at the end of two epochs."""
+    per_epoch = steps // 2
+    meta = {"epochs": 2, "steps_per_epoch": per_epoch}
+    start = {"seq": 1, "type": "run_start", "t": 1.0, "name": "wide", "project": None,
+             "params": {}, "meta": meta}  # fmt: skip
+    records: list[dict[str, Any]] = [start]
+    for step in range(1, steps + 1):
+        scopes = [("batch", step / per_epoch)]
+        if step % per_epoch == 0:
+            scopes.append(("epoch", step // per_epoch - 1))
+        for scope, epoch in scopes:
+            for first in range(0, n_keys, KEYS_PER_RECORD):
+                logs = {f"m{k:04d}": float(k + step) for k in range(first, first + KEYS_PER_RECORD)}
+                records.append({"seq": len(records) + 1, "type": scope, "t": 1.0 + step,
+                                "step": step, "epoch": epoch, "logs": logs})  # fmt: skip
+    return records
+
+
+def wide_run(store: Store, n_keys: int = 800, steps: int = 4) -> None:
+    from server.ingest import apply_records
+    from server.records import validate_records
+
+    good, errors, _ = validate_records(wide_records(n_keys, steps), 256)
+    assert not errors
+    store.submit(lambda c: apply_records(c, store.memory, RUN, good)).result(30)
+
+
+def test_make_reads_only_what_it_draws_and_stops_when_told(store: Store) -> None:
+    wide_run(store)
+    page = report.make(store, RUN)
+    assert drawn_series(page) == 2 * report.MAX_CHARTS  # batch and epoch
+    checks = 0
+
+    def check() -> None:
+        nonlocal checks
+        checks += 1
+        if checks == 3:
+            raise report.Abandoned
+
+    with pytest.raises(report.Abandoned):
+        report.make(store, RUN, check)
+    assert checks == 3
+
+
+def request_for(receive: Any) -> Request:
+    app = type("App", (), {"state": type("State", (), {})()})()
+    return Request({"type": "http", "method": "GET", "headers": [], "app": app}, receive)
+
+
+def disconnected_request() -> Request:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    return request_for(receive)
+
+
+def connected_request() -> Request:
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    return request_for(receive)
+
+
+def test_a_report_whose_client_left_is_abandoned_and_frees_its_slot(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker process is told at once (the watcher looks at every turn here) and
+    stops at its next look; the slot is free again, and the next report is built."""
+    wide_run(store)
+    monkeypatch.setattr(report, "WATCH_SECONDS", 0.0)
+    request = disconnected_request()
+    with caplog.at_level(logging.INFO, logger="fitdeck.report"):
+        answer = asyncio.run(report.respond(request, store, RUN))
+    assert answer.status_code == 499
+    assert f"report of run {RUN} abandoned: its client left" in caplog.messages
+    assert request.app.state.report_gate.idle() == report.CONCURRENCY
+
+    monkeypatch.setattr(report, "WATCH_SECONDS", 0.2)
+    answer = asyncio.run(report.respond(connected_request(), store, RUN))
+    assert answer.status_code == 200 and drawn_series(answer.body.decode()) == 2 * 50
+
+
+# -- a real server -----------------------------------------------------------------
+
+
+def stream_wide_run(server: ServerProcess, n_keys: int = 800, steps: int = 20) -> None:
+    records = wide_records(n_keys, steps)
+    headers = {"Authorization": f"Bearer {server.token}"}
+    with connect(server.url.replace("http", "ws") + "/ws/train", additional_headers=headers,
+                 max_size=None) as ws:  # fmt: skip
+        ws.send(json.dumps({"type": "hello", "protocol": 1, "run_id": RUN}))
+        assert json.loads(ws.recv(10))["type"] == "welcome"
+        for i in range(0, len(records), 10):
+            ws.send(json.dumps({"type": "records", "records": records[i : i + 10]}))
+        while json.loads(ws.recv(30)).get("seq") != len(records):
+            pass
+
+
+PROBE = """
+import http.client, json, sys, threading, time
+host, port = sys.argv[1].removeprefix("http://").split(":")
+conn = http.client.HTTPConnection(host, int(port), timeout=10)
+latencies, stop = [], threading.Event()
+def wait_for_stop():
+    sys.stdin.readline()
+    stop.set()
+threading.Thread(target=wait_for_stop, daemon=True).start()
+print("ready", flush=True)
+while not stop.is_set():
+    started = time.perf_counter()
+    conn.request("GET", "/api/health")
+    answer = conn.getresponse()
+    answer.read()
+    assert answer.status == 200, answer.status
+    latencies.append(time.perf_counter() - started)
+    time.sleep(0.02)
+print(json.dumps(latencies))
+"""
+
+
+@pytest.mark.slow
+def test_twenty_reports_of_an_800_key_run_leave_the_server_responsive(
+    make_server: Any,
+) -> None:
+    """20 report requests at once: a few are built (two at a time, in the builder
+    processes the first report started), the others wait or are refused with 503 and
+    Retry-After; meanwhile /api/health answers in under 100 ms (p95)."""
+    server = make_server(token="tok")
+    stream_wide_run(server)
+    first = httpx.get(f"{server.url}/api/runs/{RUN}/report.html",
+                      headers={"Authorization": "Bearer tok"}, timeout=60)  # fmt: skip
+    assert first.status_code == 200  # and the builder processes have started
+    # The probe runs in a process of its own: the 20 clients reading 6 MB each here
+    # must not slow the probe's own measurement.
+    probe = subprocess.Popen([sys.executable, "-c", PROBE, server.url], stdout=subprocess.PIPE,
+                             stdin=subprocess.PIPE, text=True)  # fmt: skip
+    assert probe.stdout is not None and probe.stdin is not None
+    assert probe.stdout.readline().strip() == "ready"
+
+    answers: list[httpx.Response] = []
+
+    def fetch() -> None:
+        with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer tok"},
+                          timeout=120) as client:  # fmt: skip
+            answers.append(client.get(f"/api/runs/{RUN}/report.html"))
+
+    time.sleep(0.3)
+    fetchers = [threading.Thread(target=fetch) for _ in range(20)]
+    started = time.monotonic()
+    for t in fetchers:
+        t.start()
+    for t in fetchers:
+        t.join(180)
+    took = time.monotonic() - started
+    out, _ = probe.communicate("stop\n", timeout=30)
+    latencies = json.loads(out)
+
+    statuses = sorted(a.status_code for a in answers)
+    assert len(answers) == 20 and set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= report.CONCURRENCY + report.QUEUE
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.headers["retry-after"] == str(report.RETRY_AFTER)
+            assert answer.json()["error"]["status"] == 503
+        else:
+            assert answer.headers["content-disposition"].startswith("attachment")
+            assert drawn_series(answer.text) == 2 * report.MAX_CHARTS
+    assert len(latencies) > 10
+    p95 = statistics.quantiles(latencies, n=20)[-1]
+    assert p95 < 0.1, (p95, took, statuses)
