@@ -21,6 +21,7 @@ import uvicorn
 
 from server import discovery
 from server.app import create_app
+from server.connections import Doorman, open_file_room, protocol_class
 from server.settings import Settings
 
 __all__ = [
@@ -53,15 +54,33 @@ def dashboard_url(settings: Settings, token: str | None, port: int | None = None
     return f"{url}?token={token}" if token else url
 
 
+MAX_HEADER_BYTES = 16 * 1024
+"""Largest request line and headers (h11's buffer); larger is answered 400."""
+
+
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for fitdeck's app, with its connection hygiene
+    (`server.connections`) and forwarded headers believed only from configured proxies."""
     app = create_app(settings)
+    doorman = Doorman(
+        token=app.state.fitdeck.token,
+        max_connections=open_file_room(settings.max_connections),
+        max_anonymous=settings.max_anonymous_connections,
+        header_timeout=settings.header_timeout,
+    )
+    trusted = list(settings.forwarded_allow_ips)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_class(doorman),
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
         log_level="warning",
         lifespan="on",
     )
