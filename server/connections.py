@@ -40,9 +40,10 @@ log = logging.getLogger("fitdeck.connections")
 
 FD_RESERVE = 64
 """Open files kept for the database, its WAL, logs and the report workers."""
-EVICT_AFTER = 1.0
-"""Seconds an anonymous connection is left alone even over the cap: a client that
-has just connected gets time to send its request."""
+EVICT_AFTER = 3.0
+"""Seconds an anonymous connection is left alone even over the anonymous cap: a
+client that has just connected gets time to send its request, even to a server
+too busy to read it at once (a thousand trainers reconnecting)."""
 REFUSED_GRACE = 1.0
 """Seconds a refused connection has to send its request before the 503 is sent
 (answering before reading it could reset the connection and hide the 503)."""
@@ -204,7 +205,7 @@ class FitdeckH11Protocol(H11Protocol):
             return
         if self.scope is not self._seen_scope:  # a new request's headers arrived
             self._seen_scope = self.scope
-            if self.doorman.is_known(self.scope):
+            if self in self.doorman.anonymous and self.doorman.is_known(self.scope):
                 self.doorman.known(self)
         if self.conn.their_state is h11.IDLE:  # (part of) a next request, or nothing yet
             if self._header_timer is None and not self.transport.is_closing():

@@ -63,7 +63,7 @@ class Settings:
     closes the oldest anonymous one to make room, or is answered 503."""
     max_anonymous_connections: int = 256
     """Most connections that have not shown the token yet (with auth off: not sent a
-    request yet). Above it the oldest of them (over 1 s old) are closed, so trainers
+    request yet). Above it the oldest of them (over 3 s old) are closed, so trainers
     and dashboards, which show it at once, always find room."""
     header_timeout: float = 10.0
     """Seconds a connection has to send a request's line and headers, from its

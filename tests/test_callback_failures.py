@@ -7,16 +7,18 @@ caller catches it, and the run is failed on the server before `fit` re-raises.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, callback, make_data, make_model
+from tests.conftest import ROOT, ServerProcess, callback, free_port, make_data, make_model
 
 keras = pytest.importorskip("keras")
 from client_callback import FitdeckWarning, LiveMonitor  # noqa: E402
@@ -184,3 +186,32 @@ def test_an_uncaught_exception_in_the_first_on_epoch_begin_fails_the_run_once(
     run = server.run(run_id)
     assert run["status"] == "failed"
     assert run["error"] == {"type": "ValueError", "message": "no first epoch"}
+
+
+@pytest.mark.parametrize("hook", ["on_train_begin", "on_train_batch_end"])
+def test_a_fit_raising_with_no_server_costs_one_warning_and_spools_the_failure(
+    tmp_path: Path, hook: str
+) -> None:
+    """One problem (no server), one warning, whatever the timing: it is given by the
+    stream's first attempt, which the end of the fit waits for, so the end of the fit
+    has nothing to add. The spool ends with the failure, for `fitdeck sync`."""
+    x, y = make_data(64)
+    mon = LiveMonitor(url=f"http://127.0.0.1:{free_port()}", flush_timeout=FLUSH,
+                      spool_dir=tmp_path)  # fmt: skip
+    cbs = [raising(hook), mon] if hook == "on_train_begin" else [mon, raising(hook, 1)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Boom):
+            make_model().fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=cbs)
+        thread = mon._stream._thread
+        assert thread is not None
+        thread.join(10)  # anything the thread might still say is said inside
+        assert not thread.is_alive()
+    ours = [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+    assert len(ours) == 1, ours
+    assert ours[0].startswith("fitdeck: cannot stream to ws://127.0.0.1:"), ours
+    assert "No server listens there" in ours[0] and "fitdeck sync" in ours[0]
+    lines = (tmp_path / f"{mon.run_id}.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["type"] == "run_end" and last["status"] == "failed"
+    assert last["error"]["type"] == "Boom"

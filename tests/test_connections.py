@@ -105,7 +105,7 @@ def test_300_half_sent_requests_held_open_stop_neither_a_dashboard_nor_a_trainer
 ) -> None:
     server = serve(**caps)
     with held(open_sockets(server, 300)) as socks:
-        time.sleep(1.2)  # old enough to be the first to go, with small caps
+        time.sleep(3.2)  # old enough to be the first to go, with small caps
         assert dashboard_request(server).status_code == 200
         assert trainer_session(server) == 1
         assert dashboard_request(server).status_code == 200
@@ -134,7 +134,7 @@ def test_more_idle_sockets_than_open_files_lock_out_neither_dashboards_nor_train
     try:
         server.wait_for(lambda: _healthy(server), timeout=30, what="the server")
         with held(open_sockets(server, 500, b"")):
-            time.sleep(1.2)
+            time.sleep(3.2)
             assert dashboard_request(server).status_code == 200
             assert trainer_session(server) == 1
         assert "the open-file limit (400) allows 336 connections" in server.log_path.read_text()
