@@ -34,6 +34,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -449,21 +450,24 @@ class Builders:
 
     def build(self, db: Path, run_id: str, slot: int) -> asyncio.Future[bytes]:
         self.gone[slot] = 0
-        with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    self._workers, mp_context=self._context, initializer=_start_worker,
-                    initargs=(self.gone,),
-                )  # fmt: skip
-            pool = self._pool
+        pool = self._running_pool()
         try:
             future = pool.submit(_build_in_worker, str(db), run_id, slot)
         except BrokenProcessPool:  # a worker died (killed, out of memory): start afresh
             with self._lock:
                 if self._pool is pool:
                     self._pool = None
-            raise
+            future = self._running_pool().submit(_build_in_worker, str(db), run_id, slot)
         return asyncio.wrap_future(future)
+
+    def _running_pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self._workers, mp_context=self._context, initializer=_start_worker,
+                    initargs=(self.gone,),
+                )  # fmt: skip
+            return self._pool
 
     def abandon(self, slot: int) -> None:
         self.gone[slot] = 1
@@ -495,6 +499,8 @@ _worker_stores: dict[str, Store] = {}
 def _start_worker(gone: Any) -> None:
     global _worker_gone
     _worker_gone = gone
+    # Ctrl-C reaches the whole process group: the server stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(os, "nice"):  # background work: the server's own requests come first
         with contextlib.suppress(OSError):
             os.nice(WORKER_NICENESS)

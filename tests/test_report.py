@@ -326,3 +326,20 @@ def test_twenty_reports_of_an_800_key_run_leave_the_server_responsive(
     assert len(latencies) > 10
     p95 = statistics.quantiles(latencies, n=20)[-1]
     assert p95 < 0.1, (p95, took, statuses)
+
+
+def test_a_killed_builder_is_replaced(store: Store) -> None:
+    import os
+    import signal
+
+    wide_run(store, n_keys=20)
+    assert asyncio.run(report.respond(connected_request(), store, RUN)).status_code == 200
+    pool = report.builders()._pool
+    assert pool is not None
+    for pid in list(pool._processes):  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not pool._broken and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert pool._broken  # type: ignore[attr-defined]
+    assert asyncio.run(report.respond(connected_request(), store, RUN)).status_code == 200
