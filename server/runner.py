@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -29,6 +30,7 @@ __all__ = [
     "app_token",
     "bind_problem",
     "dashboard_url",
+    "escape_log_arguments",
     "listen_socket",
     "serve",
     "server_url",
@@ -69,7 +71,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         header_timeout=settings.header_timeout,
     )
     trusted = list(settings.forwarded_allow_ips)
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -84,6 +86,43 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         log_level="warning",
         lifespan="on",
     )
+    escape_log_arguments()  # after uvicorn has set up its loggers
+    return config
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(value: object) -> object:
+    """`value`, or its text with control characters written as `\\xNN` when it has any."""
+    if isinstance(value, (int, float)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if not _CONTROL.search(text):
+        return value
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class EscapeControlCharacters(logging.Filter):
+    """Writes control characters in a log record's arguments (paths, names, reasons:
+    what clients send) as `\\xNN`, so a request for `/x%0AFAKE` cannot forge a log
+    line. The message's own format, fitdeck's text, keeps its newlines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_escaped(a) for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: _escaped(v) for k, v in args.items()}
+        return True
+
+
+def escape_log_arguments() -> None:
+    """Put `EscapeControlCharacters` on the handlers fitdeck's and uvicorn's logs use."""
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, EscapeControlCharacters) for f in handler.filters):
+                handler.addFilter(EscapeControlCharacters())
 
 
 def app_token(config: uvicorn.Config) -> str | None:

@@ -292,3 +292,29 @@ def test_settings_reach_uvicorn(tmp_path: Any) -> None:
     trusted = uvicorn_config(Settings(db=tmp_path / "c.db", token=TOKEN,
                                       forwarded_allow_ips=("10.0.0.1",)))  # fmt: skip
     assert trusted.proxy_headers is True and trusted.forwarded_allow_ips == ["10.0.0.1"]
+
+
+def test_a_refused_path_cannot_forge_a_log_line(serve: Callable[..., ServerProcess]) -> None:
+    """`%0A` in a refused WebSocket's path is logged as `\\x0a`, on the same line."""
+    server = serve()
+    with held(open_sockets(server, 1, (
+        b"GET /ws/train%0AINFO%20fitdeck.guard:%20forged HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ))):  # fmt: skip
+        server.wait_for(lambda: "refused a WebSocket" in server.log_path.read_text(),
+                        timeout=5, what="the refusal in the log")  # fmt: skip
+    lines = server.log_path.read_text().splitlines()
+    assert not any(line.startswith("INFO fitdeck.guard: forged") for line in lines), lines
+    assert any("/ws/train\\x0aINFO fitdeck.guard: forged" in line for line in lines), lines
+
+
+def test_the_log_filter_escapes_arguments_but_keeps_its_own_newlines() -> None:
+    import logging
+
+    from server.runner import EscapeControlCharacters
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "a\n%s %d %s", ("p\r\nq",
+                               3, ValueError("v\x1b[2J")), None)  # fmt: skip
+    assert EscapeControlCharacters().filter(record)
+    assert record.getMessage() == "a\np\\x0d\\x0aq 3 v\\x1b[2J"
