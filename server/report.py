@@ -36,13 +36,14 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.requests import Request
@@ -60,9 +61,14 @@ __all__ = [
     "MAX_POINTS",
     "SERIES_POINTS",
     "Abandoned",
+    "Figure",
     "Plan",
     "build",
     "chart_groups",
+    "close_builders",
+    "figure",
+    "make",
+    "page",
     "plan",
     "respond",
 ]
@@ -229,6 +235,15 @@ def _lr_traces(epoch: Series, batch: Series, axis: str) -> list[dict[str, Any]]:
              "name": "learning_rate", "xaxis": f"x{axis}", "yaxis": f"y{axis}"}]  # fmt: skip
 
 
+class Figure(NamedTuple):
+    """A drawn report, short of its page: plotly.js goes around it in `page`."""
+
+    name: str
+    height: int
+    json: str
+    """The Plotly figure (data and layout), safe inside a `<script>`."""
+
+
 def build(
     run: dict[str, Any],
     epoch: Series,
@@ -238,11 +253,22 @@ def build(
     left_out: Sequence[str] = (),
     check: Callable[[], None] = _go_on,
 ) -> str:
-    """The report as one HTML document (plotly.js included).
+    """The report as one HTML document (plotly.js included); see `figure`."""
+    return page(figure(run, epoch, batch, events, left_out=left_out, check=check)).decode()
 
-    Draws the first `MAX_CHARTS` charts of `epoch` and `batch`; `left_out` names
-    charts the caller did not read. `check` is called before each chart and may
-    raise (`Abandoned`) to stop.
+
+def figure(
+    run: dict[str, Any],
+    epoch: Series,
+    batch: Series,
+    events: list[dict[str, Any]],
+    *,
+    left_out: Sequence[str] = (),
+    check: Callable[[], None] = _go_on,
+) -> Figure:
+    """The report's figure: the first `MAX_CHARTS` charts of `epoch` and `batch`;
+    `left_out` names charts the caller did not read. `check` is called before each
+    chart and may raise (`Abandoned`) to stop.
     """
     groups = chart_groups(list({*epoch, *batch}))
     skipped = [*left_out, *list(groups)[MAX_CHARTS:]]
@@ -290,7 +316,7 @@ def build(
         shapes=_event_lines(run, events, len(titles)),
     )
     check()
-    return _page(str(name), {"data": data, "layout": layout}, height)
+    return Figure(str(name), height, _json({"data": data, "layout": layout}))
 
 
 def _title(text: str, top: float) -> dict[str, Any]:
@@ -355,8 +381,8 @@ def _plotly_file(*parts: str) -> Path:
 
 
 @functools.cache
-def _plotly_js() -> str:
-    return _plotly_file("plotly.min.js").read_text(encoding="utf-8")
+def _plotly_js() -> bytes:
+    return _plotly_file("plotly.min.js").read_bytes()
 
 
 @functools.cache
@@ -373,21 +399,21 @@ def _json(figure: dict[str, Any]) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _page(name: str, figure: dict[str, Any], height: int) -> str:
-    return "".join(
-        [
-            '<!doctype html>\n<html>\n<head>\n<meta charset="utf-8" />\n',
-            f"<title>{html.escape(name)} · fitdeck report</title>\n",
-            "<style>html, body {margin: 0;}</style>\n</head>\n<body>\n",
-            f'<div id="report" style="height:{height}px; width:100%;"></div>\n',
-            "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n<script>",
-            _plotly_js(),
-            "</script>\n<script>\nvar figure = ",
-            _json(figure),
-            ';\nPlotly.newPlot("report", figure.data, figure.layout, {"displaylogo": false});\n',
-            "</script>\n</body>\n</html>\n",
-        ]
+def page(fig: Figure) -> bytes:
+    """The standalone HTML document around `fig`, plotly.js inlined."""
+    head = (
+        '<!doctype html>\n<html>\n<head>\n<meta charset="utf-8" />\n'
+        f"<title>{html.escape(fig.name)} · fitdeck report</title>\n"
+        "<style>html, body {margin: 0;}</style>\n</head>\n<body>\n"
+        f'<div id="report" style="height:{fig.height}px; width:100%;"></div>\n'
+        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n<script>"
     )
+    tail = (
+        f"</script>\n<script>\nvar figure = {fig.json};\n"
+        'Plotly.newPlot("report", figure.data, figure.layout, {"displaylogo": false});\n'
+        "</script>\n</body>\n</html>\n"
+    )
+    return b"".join([head.encode(), _plotly_js(), tail.encode()])
 
 
 # -- serving it: bounded, off the event loop, abandoned when the client leaves -----
@@ -448,7 +474,7 @@ class Builders:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
-    def build(self, db: Path, run_id: str, slot: int) -> asyncio.Future[bytes]:
+    def build(self, db: Path, run_id: str, slot: int) -> asyncio.Future[Figure]:
         self.gone[slot] = 0
         pool = self._running_pool()
         try:
@@ -473,14 +499,20 @@ class Builders:
         self.gone[slot] = 1
 
     def close(self) -> None:
+        """Stop the workers: builds under way stop at their next look (the server is
+        going away, and with it their clients)."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for slot in range(self._workers):
+                self.abandon(slot)
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 _builders_lock = threading.Lock()
 _builders: Builders | None = None
+ORPHAN_CHECK_SECONDS = 1.0
+"""How often a worker looks whether the server that started it is still there."""
 
 
 def builders() -> Builders:
@@ -492,6 +524,15 @@ def builders() -> Builders:
         return _builders
 
 
+def close_builders() -> None:
+    """Stop this process's report workers, if it started any (at server shutdown:
+    uvicorn ends a signalled server by the signal itself, which runs no atexit)."""
+    with _builders_lock:
+        workers = _builders
+    if workers is not None:
+        workers.close()
+
+
 _worker_gone: Any = None
 _worker_stores: dict[str, Store] = {}
 
@@ -501,12 +542,21 @@ def _start_worker(gone: Any) -> None:
     _worker_gone = gone
     # Ctrl-C reaches the whole process group: the server stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A server that died without stopping them (SIGKILL) leaves them orphaned: go too.
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="fitdeck-orphan-check", daemon=True).start()
     if hasattr(os, "nice"):  # background work: the server's own requests come first
         with contextlib.suppress(OSError):
             os.nice(WORKER_NICENESS)
 
 
-def _build_in_worker(db: str, run_id: str, slot: int) -> bytes:
+def _build_in_worker(db: str, run_id: str, slot: int) -> Figure:
     """In a worker process: read the run (read-only) and build its report."""
     store = _worker_stores.get(db)
     if store is None:
@@ -516,11 +566,17 @@ def _build_in_worker(db: str, run_id: str, slot: int) -> bytes:
         if _worker_gone is not None and _worker_gone[slot]:
             raise Abandoned
 
-    return make(store, run_id, check).encode()
+    # The figure only (a few hundred KB): the server puts plotly.js (4.6 MB) around it.
+    return make_figure(store, run_id, check)
 
 
 def make(store: Store, run_id: str, check: Callable[[], None] = _go_on) -> str:
     """Read what the report draws (and only that) and build it."""
+    return page(make_figure(store, run_id, check)).decode()
+
+
+def make_figure(store: Store, run_id: str, check: Callable[[], None] = _go_on) -> Figure:
+    """Read what the report draws (and only that) and draw it."""
     run = store.get_run(run_id)
     todo = plan(store.run_keys(run_id))
     series: dict[str, Series] = {"epoch": {}, "batch": {}}
@@ -530,8 +586,8 @@ def make(store: Store, run_id: str, check: Callable[[], None] = _go_on) -> str:
             chunk = keys[i : i + FETCH_CHUNK]
             series[scope].update(store.metrics(run_id, scope, chunk, todo.points))
     events = store.events(run_id)
-    return build(run, series["epoch"], series["batch"], events, left_out=todo.left_out,
-                 check=check)  # fmt: skip
+    return figure(run, series["epoch"], series["batch"], events, left_out=todo.left_out,
+                  check=check)  # fmt: skip
 
 
 def _gate(request: Request) -> Gate:
@@ -546,7 +602,7 @@ async def respond(request: Request, store: Store, run_id: str) -> Response:
     store.get_run(run_id)  # 404 before any waiting
     try:
         async with _gate(request).slot() as slot:
-            page = await _build_watching(request, store.path, run_id, slot)
+            drawn = await _build_watching(request, store.path, run_id, slot)
     except Busy:
         refusal = error_response(
             503,
@@ -555,16 +611,16 @@ async def respond(request: Request, store: Store, run_id: str) -> Response:
         )
         refusal.headers["Retry-After"] = str(RETRY_AFTER)
         return refusal
-    if page is None:  # the client left; nobody reads this
+    if drawn is None:  # the client left; nobody reads this
         return Response(status_code=499)
     return Response(
-        page,
+        page(drawn),
         media_type="text/html; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="fitdeck-{run_id[:8]}-report.html"'},
     )
 
 
-async def _build_watching(request: Request, db: Path, run_id: str, slot: int) -> bytes | None:
+async def _build_watching(request: Request, db: Path, run_id: str, slot: int) -> Figure | None:
     """Build in a worker; `None` (and the build stopped) if the client leaves first."""
     workers = builders()
     future = workers.build(db, run_id, slot)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
-from server import discovery
+from server import discovery, report
 from server.app import create_app
 from server.connections import Doorman, open_file_room, protocol_class
 from server.settings import Settings
@@ -219,6 +219,7 @@ class FitdeckServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.forget()
         await super().shutdown(sockets)
+        report.close_builders()  # uvicorn then re-raises a stopping signal: no atexit
 
     def forget(self) -> None:
         """Remove the discovery file (again harmless)."""

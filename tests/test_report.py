@@ -4,8 +4,11 @@ it is bounded (a few at once, off the event loop, abandoned when the client leav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from websockets.sync.client import connect
 from server import report
 from server.downsample import Point
 from server.store import Store
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 
 RUN = "0123456789abcdef0123456789abcdef"
 KEYS_PER_RECORD = 200  # under max_keys_per_record (256)
@@ -256,76 +259,140 @@ def stream_wide_run(server: ServerProcess, n_keys: int = 800, steps: int = 20) -
 
 PROBE = """
 import http.client, json, sys, threading, time
-host, port = sys.argv[1].removeprefix("http://").split(":")
-conn = http.client.HTTPConnection(host, int(port), timeout=10)
-latencies, stop = [], threading.Event()
-def wait_for_stop():
-    sys.stdin.readline()
-    stop.set()
-threading.Thread(target=wait_for_stop, daemon=True).start()
+stop = threading.Event()
+def probe(url, path, out):
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    while not stop.is_set():
+        started = time.perf_counter()
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200, answer.status
+        out.append(time.perf_counter() - started)
+        time.sleep(0.02)
+targets = json.loads(sys.argv[1])
+results = {url: [] for url in targets}
+threads = [threading.Thread(target=probe, args=(url, path, results[url]))
+           for url, path in targets.items()]
+for t in threads:
+    t.start()
 print("ready", flush=True)
-while not stop.is_set():
-    started = time.perf_counter()
-    conn.request("GET", "/api/health")
-    answer = conn.getresponse()
-    answer.read()
-    assert answer.status == 200, answer.status
-    latencies.append(time.perf_counter() - started)
-    time.sleep(0.02)
-print(json.dumps(latencies))
+sys.stdin.readline()
+stop.set()
+for t in threads:
+    t.join()
+print(json.dumps(results))
 """
+
+
+def p95(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=20)[-1]
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[Any]]:
+    """A helper process, stopped however the test ends."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def report_rounds(
+    server: ServerProcess,
+) -> tuple[list[tuple[int, dict[str, str], bytes]], int, float]:
+    """Rounds of 20 report requests at once, for at least 3 s (samples for a p95)."""
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    auth = "Authorization: Bearer tok\r\nConnection: close"
+    request = f"GET /api/runs/{RUN}/report.html HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n\r\n"
+
+    def fetch() -> None:
+        # A plain socket that reads and keeps the bytes: the clients here share the
+        # machine with the server, and parsing 20 x 5 MB would take its CPU.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=120) as s:
+            s.sendall(request.encode())
+            chunks = []
+            while chunk := s.recv(1 << 20):
+                chunks.append(chunk)
+        head, body = b"".join(chunks).split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode().split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines)
+        answers.append((int(status_line.split()[1]), headers, body))
+
+    time.sleep(0.3)
+    started = time.monotonic()
+    rounds = 0
+    while rounds < 3 or (time.monotonic() - started < 3 and rounds < 30):
+        rounds += 1
+        fetchers = [threading.Thread(target=fetch) for _ in range(20)]
+        for t in fetchers:
+            t.start()
+        for t in fetchers:
+            t.join(180)
+    return answers, rounds, time.monotonic() - started
 
 
 @pytest.mark.slow
 def test_twenty_reports_of_an_800_key_run_leave_the_server_responsive(
-    make_server: Any,
+    make_server: Any, tmp_path: Path
 ) -> None:
-    """20 report requests at once: a few are built (two at a time, in the builder
-    processes the first report started), the others wait or are refused with 503 and
-    Retry-After; meanwhile /api/health answers in under 100 ms (p95)."""
+    """20 report requests at once, round after round: a few are built (two at a time,
+    in the builder processes the first report started), the others wait or are
+    refused with 503 and Retry-After; meanwhile /api/health answers in under 100 ms
+    (p95), beyond what the machine's own load costs a static file server then."""
     server = make_server(token="tok")
     stream_wide_run(server)
     first = httpx.get(f"{server.url}/api/runs/{RUN}/report.html",
                       headers={"Authorization": "Bearer tok"}, timeout=60)  # fmt: skip
     assert first.status_code == 200  # and the builder processes have started
-    # The probe runs in a process of its own: the 20 clients reading 6 MB each here
-    # must not slow the probe's own measurement.
-    probe = subprocess.Popen([sys.executable, "-c", PROBE, server.url], stdout=subprocess.PIPE,
-                             stdin=subprocess.PIPE, text=True)  # fmt: skip
-    assert probe.stdout is not None and probe.stdin is not None
-    assert probe.stdout.readline().strip() == "ready"
+    # The probe runs in a process of its own, so the clients here do not slow its
+    # measurement. Beside fitdeck's health it times a control, a static file server:
+    # what the machine's own load costs (the tests share 2 cores with others).
+    (tmp_path / "ok").write_text("ok")
+    control_url = f"http://127.0.0.1:{(control_port := free_port())}"
+    control_cmd = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "-d",
+                   str(tmp_path), str(control_port)]  # fmt: skip
+    with running(control_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        server.wait_for(lambda: _answers(control_url + "/ok"), timeout=10, what="the control")
+        targets = json.dumps({server.url: "/api/health", control_url: "/ok"})
+        with running([sys.executable, "-c", PROBE, targets], stdout=subprocess.PIPE,
+                     stdin=subprocess.PIPE, text=True) as probe:  # fmt: skip
+            assert probe.stdout is not None and probe.stdin is not None
+            assert probe.stdout.readline().strip() == "ready"
+            answers, rounds, took = report_rounds(server)
+            out, _ = probe.communicate("stop\n", timeout=30)
+    measured = json.loads(out)
+    latencies, noise = measured[server.url], measured[control_url]
 
-    answers: list[httpx.Response] = []
-
-    def fetch() -> None:
-        with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer tok"},
-                          timeout=120) as client:  # fmt: skip
-            answers.append(client.get(f"/api/runs/{RUN}/report.html"))
-
-    time.sleep(0.3)
-    fetchers = [threading.Thread(target=fetch) for _ in range(20)]
-    started = time.monotonic()
-    for t in fetchers:
-        t.start()
-    for t in fetchers:
-        t.join(180)
-    took = time.monotonic() - started
-    out, _ = probe.communicate("stop\n", timeout=30)
-    latencies = json.loads(out)
-
-    statuses = sorted(a.status_code for a in answers)
-    assert len(answers) == 20 and set(statuses) <= {200, 503}, statuses
-    assert statuses.count(200) >= report.CONCURRENCY + report.QUEUE
-    for answer in answers:
-        if answer.status_code == 503:
-            assert answer.headers["retry-after"] == str(report.RETRY_AFTER)
-            assert answer.json()["error"]["status"] == 503
+    statuses = sorted(status for status, _, _ in answers)
+    assert len(answers) == 20 * rounds and set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= (report.CONCURRENCY + report.QUEUE) * rounds
+    for status, headers, body in answers:
+        if status == 503:
+            assert headers["retry-after"] == str(report.RETRY_AFTER)
+            assert json.loads(body)["error"]["status"] == 503
         else:
-            assert answer.headers["content-disposition"].startswith("attachment")
-            assert drawn_series(answer.text) == 2 * report.MAX_CHARTS
-    assert len(latencies) > 10
-    p95 = statistics.quantiles(latencies, n=20)[-1]
-    assert p95 < 0.1, (p95, took, statuses)
+            assert headers["content-disposition"].startswith("attachment")
+            assert drawn_series(body.decode()) == 2 * report.MAX_CHARTS
+    assert len(latencies) > 50
+    assert len(noise) > 50
+    # Under 100 ms, beyond what the machine's load costs a static file server then.
+    assert p95(latencies) < 0.1 + p95(noise), (p95(latencies), p95(noise), took, rounds)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_a_killed_builder_is_replaced(store: Store) -> None:
@@ -343,3 +410,33 @@ def test_a_killed_builder_is_replaced(store: Store) -> None:
         time.sleep(0.05)
     assert pool._broken  # type: ignore[attr-defined]
     assert asyncio.run(report.respond(connected_request(), store, RUN)).status_code == 200
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_the_builders_go_with_the_server(make_server: Any, sig: int) -> None:
+    """Stopped, the server stops them; killed, they notice within a second or so."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    server = make_server(token="tok")
+    stream_wide_run(server, n_keys=20, steps=4)
+    answer = httpx.get(f"{server.url}/api/runs/{RUN}/report.html",
+                       headers={"Authorization": "Bearer tok"}, timeout=60)  # fmt: skip
+    assert answer.status_code == 200
+    assert server.proc is not None
+    workers = children(server.proc.pid)
+    assert workers  # the builders (and multiprocessing's resource tracker)
+    server.stop(sig)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
