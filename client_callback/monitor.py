@@ -22,7 +22,7 @@ import keras
 
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, Rec, encode_value
+from server.protocol import LR_KEY, MAX_INT, MAX_NAME, Rec, encode_value
 
 __all__ = ["LiveMonitor"]
 
@@ -47,7 +47,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     warning, never a crash or a stall.
 
     One instance is one run: calling `fit` again with the same instance
-    continues the run.
+    continues the run. A `fit` that raises, wherever (a step, the data, any
+    callback's hook), ends the run `failed` with the exception's type and
+    message before the exception reaches the caller (LiveMonitor watches
+    `keras.Model.fit` for that, since Keras calls no hook then).
 
     Example:
 
@@ -139,9 +142,16 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
         self.run_id = uuid.uuid4().hex
         self.url = url
-        self.run_name = run_name
-        self.project = project
-        self.user_params = _jsonable(params or {})
+        changed: list[str] = []
+        self.user_params = _jsonable(params or {}, changed)
+        self.run_name = None if run_name is None else _text(run_name, changed, "run_name")
+        self.project = None if project is None else _text(project, changed, "project")
+        if changed:  # one warning for all of them
+            _warn_now(
+                "fitdeck: some params cannot be sent as they are (an integer beyond 64 bits, "
+                "a lone surrogate, or nesting deeper than 32); they are sent as text: "
+                + ", ".join(changed)
+            )
         self.flush_timeout = flush_timeout
         self._stream = Stream(
             url,
@@ -432,21 +442,55 @@ def _schedule_name(optimizer: Any) -> str | None:
     return None
 
 
-def _jsonable(value: Any) -> Any:
-    """A copy made of JSON types: numbers, strings, lists, dicts; anything else as text."""
-    if value is None or isinstance(value, (bool, str)):
+def _jsonable(value: Any, changed: list[str] | None = None, where: str = "") -> Any:
+    """A copy made of JSON types: numbers, strings, lists, dicts; anything else as text.
+
+    What JSON (or the server's 64-bit integers) cannot carry becomes text too, and
+    its place is noted in `changed`: an int beyond ±(2**63 - 1), a string holding a
+    lone surrogate (`os.fsdecode` of a non-UTF-8 name), nesting beyond `MAX_DEPTH`.
+    """
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _text(value, changed, where)
     if isinstance(value, int):
-        return value
+        if -MAX_INT <= value <= MAX_INT:
+            return value
+        _note(changed, where)
+        return str(value)
     if isinstance(value, float):
         return encode_value(value)
+    if isinstance(value, (dict, list, tuple)) and where.count("/") >= MAX_DEPTH:
+        _note(changed, where)
+        return _text(repr(value)[:2000], None, where)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {
+            _text(str(k), changed, where): _jsonable(v, changed, f"{where}/{k}")
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, changed, f"{where}/{i}") for i, v in enumerate(value)]
     if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalar
-        return _jsonable(value.item())
-    return str(value)
+        return _jsonable(value.item(), changed, where)
+    return _text(str(value), changed, where)
+
+
+MAX_DEPTH = 32
+"""Most levels of nesting in params and the model's description; deeper is text."""
+
+
+def _text(value: str, changed: list[str] | None, where: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON text must be valid UTF-8
+        _note(changed, where)
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _note(changed: list[str] | None, where: str) -> None:
+    if changed is not None and len(changed) < 5:
+        changed.append(where or "/")
 
 
 # -- fits that end by an exception --------------------------------------------

@@ -215,3 +215,30 @@ def test_a_fit_raising_with_no_server_costs_one_warning_and_spools_the_failure(
     last = json.loads(lines[-1])
     assert last["type"] == "run_end" and last["status"] == "failed"
     assert last["error"]["type"] == "Boom"
+
+
+def test_params_json_cannot_carry_are_sent_as_text_with_one_warning(
+    server: ServerProcess,
+) -> None:
+    """An int beyond 64 bits or a lone surrogate (os.fsdecode of a non-UTF-8 name) once
+    killed the stream thread: nothing streamed, nothing said. Now: text, one warning."""
+    name = b"data-\xff.csv".decode("utf-8", "surrogateescape")
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(40):
+        node["d"] = {}
+        node = node["d"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = LiveMonitor(url=server.url, token=server.token, run_name=name,
+                          params={"big": 2**64, "file": name, "ok": 3, "deep": deep})  # fmt: skip
+        x, y = make_data(64)
+        make_model().fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[mon])
+    ours = [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+    assert len(ours) == 1, ours
+    assert "/big" in ours[0] and "/file" in ours[0] and "run_name" in ours[0]
+    run = server.run(mon.run_id)
+    assert run["status"] == "finished"
+    assert run["params"]["big"] == str(2**64) and run["params"]["ok"] == 3
+    assert run["params"]["file"] == "data-\\udcff.csv" and run["name"] == "data-\\udcff.csv"
+    assert server.series(mon.run_id, "batch", "loss")["step"] == [1, 2]
