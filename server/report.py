@@ -421,7 +421,7 @@ def page(fig: Figure) -> bytes:
 # CPU-bound Python, and in a thread of the server its hold on the GIL would slow
 # every other request (an event loop waits up to the switch interval, 5 ms, each
 # time it wants the GIL back, several times a request). A worker reads the
-# database itself (read-only) and sends back the finished page. Each running build
+# database itself (read-only) and sends back the drawn figure. Each running build
 # has a slot; its flag in shared memory tells the worker its client has left.
 
 
@@ -451,7 +451,7 @@ class Gate:
             self._waiting += 1
             try:
                 slot = await asyncio.wait_for(self._free.get(), patience)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                 raise Busy from None
             finally:
                 self._waiting -= 1

@@ -440,3 +440,16 @@ def test_the_builders_go_with_the_server(make_server: Any, sig: int) -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_report_request_with_every_builder_busy_gets_503_and_retry_after(
+    store: Store,
+) -> None:
+    wide_run(store, n_keys=4)
+    request = connected_request()
+    request.app.state.report_gate = report.Gate(running=0, waiting=0)  # all taken
+    answer = asyncio.run(report.respond(request, store, RUN))
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == str(report.RETRY_AFTER)
+    assert json.loads(answer.body) == {"error": {"status": 503, "message": (
+        "Reports are being built for others (at most 2 at once); retry in 5 s.")}}  # fmt: skip
