@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ import keras
 
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, SETTINGS_META, Rec, encode_value
+from server.protocol import LR_KEY, MAX_INT, MAX_NAME, SETTINGS_META, Rec, encode_value
 
 __all__ = ["LiveMonitor"]
 
@@ -30,6 +31,7 @@ log = logging.getLogger("fitdeck.callback")
 _ACTIVE: weakref.WeakSet[LiveMonitor] = weakref.WeakSet()
 """Monitors whose `fit` has begun and not ended."""
 _hooks_installed = False
+_fit_watched = False
 
 
 class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
@@ -45,7 +47,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     warning, never a crash or a stall.
 
     One instance is one run: calling `fit` again with the same instance
-    continues the run.
+    continues the run. A `fit` that raises, wherever (a step, the data, any
+    callback's hook), ends the run `failed` with the exception's type and
+    message before the exception reaches the caller (LiveMonitor watches
+    `keras.Model.fit` for that, since Keras calls no hook then).
 
     Example:
 
@@ -72,8 +77,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             running on this machine at that address, then no token.
         params: Hyperparameters or notes to show with the run; a dict of
             JSON-friendly values (others are shown as text). Defaults to `{}`.
-        flush_timeout: Seconds `on_train_end` waits for the server to
-            acknowledge the last records while connected. Defaults to `5.0`.
+        flush_timeout: Seconds the end of `fit` (or a `fit` that raised)
+            waits for the server to acknowledge the last records, while
+            connected or while the first connection is being made. Defaults
+            to `5.0`.
         memory_records: Most sent-but-unacknowledged records kept in memory;
             older ones are spilled to the spool file. Defaults to `10_000`.
         spool_dir: Where records the server has not acknowledged are kept
@@ -135,9 +142,16 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
         self.run_id = uuid.uuid4().hex
         self.url = url
-        self.run_name = run_name
-        self.project = project
-        self.user_params = _jsonable(params or {})
+        changed: list[str] = []
+        self.user_params = _jsonable(params or {}, changed)
+        self.run_name = None if run_name is None else _text(run_name, changed, "run_name")
+        self.project = None if project is None else _text(project, changed, "project")
+        if changed:  # one warning for all of them
+            _warn_now(
+                "fitdeck: some params cannot be sent as they are (an integer beyond 64 bits, "
+                "a lone surrogate, or nesting deeper than 32); they are sent as text: "
+                + ", ".join(changed)
+            )
         self.flush_timeout = flush_timeout
         self._stream = Stream(
             url,
@@ -160,6 +174,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._lr_check = False
         self._stopped_by_command = False
         self._thread_ident: int | None = None
+        _watch_fit()
 
     # -- the hot path ------------------------------------------------------------
 
@@ -181,7 +196,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     # -- once per epoch or fit -------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self in _ACTIVE:  # the last fit raised and its caller caught the exception
+        if self in _ACTIVE:  # the last fit raised unseen by `_watch_fit` and was caught
             self._fail(None, "the previous fit ended by an exception that was caught")
         _install_exit_hooks()
         _ACTIVE.add(self)
@@ -238,12 +253,25 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _fail(self, exc: BaseException | None, message: str | None = None) -> None:
         """The fit ended by an exception (or the process is exiting during it)."""
-        if exc is not None:
-            error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-        else:
-            error = {"type": "Interrupted", "message": message or "fit did not finish"}
         with contextlib.suppress(Exception):  # reporting a failure must not fail
+            if exc is not None:
+                error = {"type": type(exc).__name__, "message": _message(exc)}
+            else:
+                error = {"type": "Interrupted", "message": message or "fit did not finish"}
             self._end("failed", error)
+
+    def _fit_raised(self, model: Any, exc: BaseException, began: bool) -> None:
+        """`fit` raised `exc` (seen by `_watch_fit`); `began`: this fit reached our
+        `on_train_begin`. A fit that raised before it (in another callback's
+        `on_train_begin`, or before any hook) still leaves a failed run."""
+        if self in _ACTIVE:
+            self._fail(exc)
+        elif not began:
+            with contextlib.suppress(Exception):
+                if self._model is None:
+                    self.set_model(model)
+                self.on_train_begin()
+                self._fail(exc)
 
     # -- commands, applied on the training thread ------------------------------
 
@@ -415,28 +443,116 @@ def _schedule_name(optimizer: Any) -> str | None:
     return None
 
 
-def _jsonable(value: Any) -> Any:
-    """A copy made of JSON types: numbers, strings, lists, dicts; anything else as text."""
-    if value is None or isinstance(value, (bool, str)):
+def _jsonable(value: Any, changed: list[str] | None = None, where: str = "") -> Any:
+    """A copy made of JSON types: numbers, strings, lists, dicts; anything else as text.
+
+    What JSON (or the server's 64-bit integers) cannot carry becomes text too, and
+    its place is noted in `changed`: an int beyond ±(2**63 - 1), a string holding a
+    lone surrogate (`os.fsdecode` of a non-UTF-8 name), nesting beyond `MAX_DEPTH`.
+    """
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _text(value, changed, where)
     if isinstance(value, int):
-        return value
+        if -MAX_INT <= value <= MAX_INT:
+            return value
+        _note(changed, where)
+        return str(value)
     if isinstance(value, float):
         return encode_value(value)
+    if isinstance(value, (dict, list, tuple)) and where.count("/") >= MAX_DEPTH:
+        _note(changed, where)
+        return _text(repr(value)[:2000], None, where)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {
+            _text(str(k), changed, where): _jsonable(v, changed, f"{where}/{k}")
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, changed, f"{where}/{i}") for i, v in enumerate(value)]
     if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalar
-        return _jsonable(value.item())
-    return str(value)
+        return _jsonable(value.item(), changed, where)
+    return _text(str(value), changed, where)
+
+
+MAX_DEPTH = 32
+"""Most levels of nesting in params and the model's description; deeper is text."""
+
+
+def _text(value: str, changed: list[str] | None, where: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON text must be valid UTF-8
+        _note(changed, where)
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _note(changed: list[str] | None, where: str) -> None:
+    if changed is not None and len(changed) < 5:
+        changed.append(where or "/")
 
 
 # -- fits that end by an exception --------------------------------------------
-# Keras does not call on_train_end when fit raises. The uncaught exception
-# reaches sys.excepthook (or threading.excepthook, or IPython's post_run_cell);
-# a process that exits mid-fit runs atexit. Each marks the run failed with the
-# exception's type and message and sends or spools what is left.
+# Keras does not call on_train_end when fit raises. `_watch_fit` sees the
+# exception on its way out of `fit`, caught later or not. Behind it, for a fit
+# it cannot see (a model class whose `fit` bypasses keras.Model.fit): the
+# uncaught exception reaches sys.excepthook (or threading.excepthook, or
+# IPython's post_run_cell); a process that exits mid-fit runs atexit. Each marks
+# the run failed with the exception's type and message and sends or spools what
+# is left.
+
+
+def _watch_fit() -> None:
+    """Wrap `keras.Model.fit` once (every Keras model's `fit`, also a subclass's that
+    calls `super().fit`), so that a fit that raises is seen with its exception wherever
+    it came from (a step, the data, any callback's hook, the first ones included) and
+    whether or not the caller catches it. Keras calls no hook when fit raises."""
+    global _fit_watched
+    fit = keras.Model.fit
+    if _fit_watched or getattr(fit, "_fitdeck_watched", False):
+        _fit_watched = True
+        return
+    _fit_watched = True
+
+    @functools.wraps(fit)
+    def watched_fit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        given = kwargs.get("callbacks", args[5] if len(args) > 5 else None)
+        monitors = {m: m._fits for m in _monitors_in(given)}
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                for monitor, fits in monitors.items():
+                    monitor._fit_raised(self, exc, began=monitor._fits > fits)
+            raise
+
+    watched_fit._fitdeck_watched = True  # type: ignore[attr-defined]
+    keras.Model.fit = watched_fit
+
+
+def _monitors_in(callbacks: Any) -> list[LiveMonitor]:
+    """The LiveMonitors among `fit`'s `callbacks` argument (a list, nested or not, or
+    a `CallbackList`)."""
+    found: list[LiveMonitor] = []
+    todo = [callbacks]
+    while todo and len(found) < 64:
+        item = todo.pop()
+        if isinstance(item, LiveMonitor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, keras.callbacks.CallbackList):
+            todo.extend(item.callbacks)
+    return found
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)[:2000]
+    except Exception:  # an exception whose __str__ raises
+        return f"<{type(exc).__name__}: unprintable>"
 
 
 def _install_exit_hooks() -> None:

@@ -115,6 +115,7 @@ class Stream:
         self._state_lock = threading.Lock()  # guards _running against _finishing
         self._finishing = threading.Event()
         self._wake = threading.Event()
+        self._tried = threading.Event()  # the thread's first connection attempt has ended
 
     # -- training-thread side -------------------------------------------------
 
@@ -129,6 +130,7 @@ class Stream:
             if self._running and alive:  # the last fit's thread goes on with this one
                 return
             self._running = True
+            self._tried.clear()
             self._thread = threading.Thread(target=self._run, name="fitdeck-stream", daemon=True)
             self._thread.start()
 
@@ -157,9 +159,13 @@ class Stream:
         self._finishing.set()
         self._wake.set()
         thread = self._thread
+        deadline = time.monotonic() + timeout
+        if thread is not None and not self.connected:
+            # A fit that ends (or raises) at once: give its first attempt the time.
+            self._tried.wait(timeout)
         connected = self.connected
         if thread is not None and connected:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._drain_locked()
             self._spill_locked(0)
@@ -232,6 +238,7 @@ class Stream:
                 if self.connected:  # welcomed: the link worked, start the backoff over
                     backoff = BACKOFF_START
                 self.connected = False
+                self._tried.set()
             if refused is not None:
                 self._refused(refused)
             if self._done():
@@ -309,6 +316,7 @@ class Stream:
             self._ack_locked(last_seq)
             self._sent_seq = last_seq
         self.connected = True
+        self._tried.set()
         while True:
             self._drain()
             more = self._send_some(ws)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import uvicorn
 
-from server import discovery
+from server import discovery, report
 from server.app import create_app
+from server.connections import Doorman, open_file_room, protocol_class
 from server.settings import Settings
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "app_token",
     "bind_problem",
     "dashboard_url",
+    "escape_log_arguments",
     "listen_socket",
     "serve",
     "server_url",
@@ -53,18 +56,73 @@ def dashboard_url(settings: Settings, token: str | None, port: int | None = None
     return f"{url}?token={token}" if token else url
 
 
+MAX_HEADER_BYTES = 16 * 1024
+"""Largest request line and headers (h11's buffer); larger is answered 400."""
+
+
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for fitdeck's app, with its connection hygiene
+    (`server.connections`) and forwarded headers believed only from configured proxies."""
     app = create_app(settings)
-    return uvicorn.Config(
+    doorman = Doorman(
+        token=app.state.fitdeck.token,
+        max_connections=open_file_room(settings.max_connections),
+        max_anonymous=settings.max_anonymous_connections,
+        header_timeout=settings.header_timeout,
+    )
+    trusted = list(settings.forwarded_allow_ips)
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_class(doorman),
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
         log_level="warning",
         lifespan="on",
     )
+    escape_log_arguments()  # after uvicorn has set up its loggers
+    return config
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(value: object) -> object:
+    """`value`, or its text with control characters written as `\\xNN` when it has any."""
+    if isinstance(value, (int, float)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if not _CONTROL.search(text):
+        return value
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class EscapeControlCharacters(logging.Filter):
+    """Writes control characters in a log record's arguments (paths, names, reasons:
+    what clients send) as `\\xNN`, so a request for `/x%0AFAKE` cannot forge a log
+    line. The message's own format, fitdeck's text, keeps its newlines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_escaped(a) for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: _escaped(v) for k, v in args.items()}
+        return True
+
+
+def escape_log_arguments() -> None:
+    """Put `EscapeControlCharacters` on the handlers fitdeck's and uvicorn's logs use."""
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, EscapeControlCharacters) for f in handler.filters):
+                handler.addFilter(EscapeControlCharacters())
 
 
 def app_token(config: uvicorn.Config) -> str | None:
@@ -81,7 +139,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
     """
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that
+    # say they are TCP, and with it on every keep-alive answer waited ~40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         if os.name == "posix":  # restart at once after a stop (TIME_WAIT), as uvicorn does
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -159,6 +219,7 @@ class FitdeckServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.forget()
         await super().shutdown(sockets)
+        report.close_builders()  # uvicorn then re-raises a stopping signal: no atexit
 
     def forget(self) -> None:
         """Remove the discovery file (again harmless)."""

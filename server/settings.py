@@ -56,6 +56,23 @@ class Settings:
     disconnect_grace: float = 600.0
     """Seconds a run may stay `disconnected` before it is closed as `failed`
     (error type `LostContact`); its unfinished commands expire then."""
+    # -- connections (server.connections) --
+    max_connections: int = 2048
+    """Most connections open at once, HTTP and WebSocket (kept below the open-file
+    limit, which is raised toward its hard limit when needed). A connection over it
+    closes the oldest anonymous one to make room, or is answered 503."""
+    max_anonymous_connections: int = 256
+    """Most connections that have not shown the token yet (with auth off: not sent a
+    request yet). Above it the oldest of them (over 3 s old) are closed, so trainers
+    and dashboards, which show it at once, always find room."""
+    header_timeout: float = 10.0
+    """Seconds a connection has to send a request's line and headers, from its
+    opening or its first byte after the last answer; then 408 and closed."""
+    keep_alive_timeout: float = 5.0
+    """Seconds an idle keep-alive connection is kept between two requests."""
+    forwarded_allow_ips: tuple[str, ...] = ()
+    """Proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (IPs or
+    networks; `*` any). None by default: forwarded headers are ignored."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -100,6 +117,10 @@ _ENV: list[tuple[str, str, Callable[[str], object]]] = [
     ("token", "FITDECK_TOKEN", str),
     ("disconnect_grace", "FITDECK_DISCONNECT_GRACE", float),
     ("allowed_hosts", "FITDECK_ALLOWED_HOSTS", _hosts),
+    ("max_connections", "FITDECK_MAX_CONNECTIONS", int),
+    ("max_anonymous_connections", "FITDECK_MAX_ANONYMOUS_CONNECTIONS", int),
+    ("header_timeout", "FITDECK_HEADER_TIMEOUT", float),
+    ("forwarded_allow_ips", "FITDECK_FORWARDED_ALLOW_IPS", _hosts),
 ]
 _ENV_HELP = {
     "FITDECK_HOST": "a host name or address",
@@ -108,4 +129,8 @@ _ENV_HELP = {
     "FITDECK_TOKEN": "a token",
     "FITDECK_DISCONNECT_GRACE": "a number of seconds",
     "FITDECK_ALLOWED_HOSTS": "host names separated by commas",
+    "FITDECK_MAX_CONNECTIONS": "a number of connections",
+    "FITDECK_MAX_ANONYMOUS_CONNECTIONS": "a number of connections",
+    "FITDECK_HEADER_TIMEOUT": "a number of seconds",
+    "FITDECK_FORWARDED_ALLOW_IPS": "addresses or networks separated by commas",
 }

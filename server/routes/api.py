@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server import commands, report, store
@@ -212,21 +212,7 @@ def export_json(run_id: RunId, state: StateDep) -> StreamingResponse:
     )
 
 
-REPORT_MAX_POINTS = 5000
-
-
 @router.get("/runs/{run_id}/report.html")
-def report_html(run_id: RunId, state: StateDep) -> Response:
-    run = state.store.get_run(run_id)
-    html = report.build(
-        run,
-        state.store.metrics(run_id, "epoch", None, REPORT_MAX_POINTS),
-        state.store.metrics(run_id, "batch", None, REPORT_MAX_POINTS),
-        state.store.events(run_id),
-    )
-    # A download, never shown in place: the app's CSP would block its inline scripts.
-    return Response(
-        html,
-        media_type="text/html; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="fitdeck-{run_id[:8]}-report.html"'},
-    )
+async def report_html(run_id: RunId, state: StateDep, request: Request) -> Response:
+    # Bounded and off the event loop: see server.report.
+    return await report.respond(request, state.store, run_id)
