@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.auth import is_loopback
+from server.auth import TokenFileError, is_loopback
 from server.protocol import DEFAULT_URL, Env
 from server.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT, Settings
 
@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
     except KeyboardInterrupt:  # Ctrl-C: the server has shut down cleanly already
         return 130
+    except TokenFileError as exc:
+        print(f"fitdeck {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 1
     raise AssertionError(args.command)  # pragma: no cover
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server import downsample, schema
+from server.auth import make_private
 from server.downsample import Point
 from server.errors import Conflict, NotFound
 from server.memory import WriterMemory
@@ -94,7 +95,7 @@ class Store:
     # -- lifecycle -----------------------------------------------------------
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)  # 0600 like the token; SQLite's -wal and -shm follow it
         conn = _connect(self.path)
         try:
             # First, before anything writes: a file from a newer fitdeck is left untouched.

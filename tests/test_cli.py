@@ -129,6 +129,19 @@ def test_serve_on_a_busy_port_prints_no_url_and_suggests_another(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_serve_refuses_a_token_file_others_may_write(tmp_path: Path) -> None:
+    token = tmp_path / "f.db.token"
+    token.write_text("planted\n")
+    token.chmod(0o666)
+    out = fitdeck("serve", "--port", "0", "--db", str(tmp_path / "f.db"))
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "?token=" not in out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("fitdeck serve:")]
+    assert f"the token file {token} may be written by others (mode 666)" in line
+    assert "Remove it" in line
+
+
+@pytest.mark.slow
 def test_serve_beside_a_running_fitdeck_says_which_one(
     tmp_path: Path, make_server: Callable[..., ServerProcess]
 ) -> None:
