@@ -86,12 +86,27 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="a host name the server answers to besides loopback and --host; repeat for more, "
         "'*' for any (env FITDECK_ALLOWED_HOSTS, comma-separated)",
     )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="IPS",
+        help="proxies whose X-Forwarded-For/-Proto headers are believed, comma-separated "
+        "(env FITDECK_FORWARDED_ALLOW_IPS; default: none, loopback included)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     hosts = tuple(args.allowed_host) if args.allowed_host else None
+    proxies = None
+    if args.forwarded_allow_ips is not None:
+        proxies = tuple(p.strip() for p in args.forwarded_allow_ips.split(",") if p.strip())
     settings = Settings.from_env(
-        host=args.host, port=args.port, db=args.db, token=args.token, allowed_hosts=hosts
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        token=args.token,
+        allowed_hosts=hosts,
+        forwarded_allow_ips=proxies,
     )
     if args.no_auth:
         settings = Settings(**{**settings.__dict__, "auth": False, "token": None})

@@ -100,6 +100,8 @@ class Env:
     """Server: SQLite file."""
     ALLOWED_HOSTS: Final = "FITDECK_ALLOWED_HOSTS"
     """Server: host names besides loopback, comma-separated."""
+    FORWARDED_ALLOW_IPS: Final = "FITDECK_FORWARDED_ALLOW_IPS"
+    """Server: proxies whose X-Forwarded-* headers are believed, comma-separated."""
     DISCONNECT_GRACE: Final = "FITDECK_DISCONNECT_GRACE"
     """Server: seconds a run may stay `disconnected` before it fails."""
     SPOOL_DIR: Final = "FITDECK_SPOOL_DIR"

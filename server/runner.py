@@ -62,6 +62,9 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
+        # X-Forwarded-* believed only from the proxies named (uvicorn trusts loopback).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=list(settings.forwarded_allow_ips) or None,
         log_level="warning",
         lifespan="on",
     )

@@ -28,6 +28,10 @@ class Settings:
     """Host names a request's `Host` header may carry besides the loopback ones
     (`localhost`, `127.0.0.1`, `[::1]`) and `host` when it is not a wildcard: the
     guard against DNS rebinding. `*` allows any host."""
+    forwarded_allow_ips: tuple[str, ...] = ()
+    """Proxies (addresses, networks, `*`) whose `X-Forwarded-For` and
+    `X-Forwarded-Proto` headers are believed (uvicorn's `forwarded_allow_ips`).
+    Empty: nobody's, loopback included; name your TLS proxy here."""
     port: int = DEFAULT_PORT
     """TCP port to listen on."""
     db: Path = field(default_factory=lambda: Path(DEFAULT_DB))
@@ -100,6 +104,7 @@ _ENV: list[tuple[str, str, Callable[[str], object]]] = [
     ("token", "FITDECK_TOKEN", str),
     ("disconnect_grace", "FITDECK_DISCONNECT_GRACE", float),
     ("allowed_hosts", "FITDECK_ALLOWED_HOSTS", _hosts),
+    ("forwarded_allow_ips", "FITDECK_FORWARDED_ALLOW_IPS", _hosts),
 ]
 _ENV_HELP = {
     "FITDECK_HOST": "a host name or address",
@@ -108,4 +113,5 @@ _ENV_HELP = {
     "FITDECK_TOKEN": "a token",
     "FITDECK_DISCONNECT_GRACE": "a number of seconds",
     "FITDECK_ALLOWED_HOSTS": "host names separated by commas",
+    "FITDECK_FORWARDED_ALLOW_IPS": "addresses or networks separated by commas",
 }

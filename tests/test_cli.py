@@ -19,7 +19,7 @@ import pytest
 
 from server.protocol import Rec
 from server.spool import Spool
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port, local_client
 
 
 def clean_env() -> dict[str, str]:
@@ -203,12 +203,10 @@ def test_sync_takes_the_token_of_the_local_server_it_uploads_to(
 
 
 def test_a_wrong_token_in_the_link_gets_the_sign_in_page_with_a_note(tmp_path: Path) -> None:
-    from fastapi.testclient import TestClient
-
     from server import Settings, create_app
 
     app = create_app(Settings(db=tmp_path / "t.db", token="the-token"))
-    with TestClient(app) as browser:
+    with local_client(app) as browser:
         missing = browser.get("/")
         wrong = browser.get("/?token=wrong", follow_redirects=False)
         assert browser.get("/api/runs").status_code == 401  # still not signed in
