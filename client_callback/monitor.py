@@ -21,7 +21,7 @@ import keras
 
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, Rec, encode_value
+from server.protocol import LR_KEY, MAX_NAME, Rec, jsonable
 
 __all__ = ["LiveMonitor"]
 
@@ -137,7 +137,8 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.url = url
         self.run_name = run_name
         self.project = project
-        self.user_params = _jsonable(params or {})
+        # What JSON or the server cannot hold (2**70, "\udcff", objects) is sent as text.
+        self.user_params, self._unsendable = jsonable(params or {}, "params")
         self.flush_timeout = flush_timeout
         self._stream = Stream(
             url,
@@ -366,8 +367,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 config = optimizer.get_config()
             except Exception:
                 config = {}
-            meta["optimizer"] = {"class_name": type(optimizer).__name__,
-                                 "config": _jsonable(config)}  # fmt: skip
+            meta["optimizer"] = {"class_name": type(optimizer).__name__, "config": config}
         try:
             meta["param_count"] = int(model.count_params())
             meta["trainable_param_count"] = int(
@@ -376,7 +376,16 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             meta["layers"] = [_layer(layer) for layer in model.layers]
         except Exception as exc:  # an unbuilt or exotic model still trains
             log.debug("could not describe the model: %s", exc)
-        return _jsonable(meta)  # type: ignore[no-any-return]
+        clean, unsendable = jsonable(meta, "meta")
+        unsendable = self._unsendable + unsendable
+        if unsendable:
+            more = f" and {len(unsendable) - 3} more" if len(unsendable) > 3 else ""
+            self._stream.warn_once(
+                "unsendable",
+                "fitdeck: values that are not JSON the server can keep are sent as text: "
+                f"{'; '.join(unsendable[:3])}{more}.",
+            )
+        return clean  # type: ignore[no-any-return]
 
 
 def _layer(layer: Any) -> dict[str, Any]:
@@ -412,23 +421,6 @@ def _schedule_name(optimizer: Any) -> str | None:
     if callable(lr) and not hasattr(lr, "assign"):
         return getattr(lr, "__name__", type(lr).__name__)
     return None
-
-
-def _jsonable(value: Any) -> Any:
-    """A copy made of JSON types: numbers, strings, lists, dicts; anything else as text."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return encode_value(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalar
-        return _jsonable(value.item())
-    return str(value)
 
 
 # -- fits that end by an exception --------------------------------------------

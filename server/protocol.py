@@ -375,19 +375,21 @@ def _as_text(value: Any) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
-def encode_records(records: list[dict[str, Any]]) -> bytes:
+def encode_records(records: list[dict[str, Any]], *, clean: bool = False) -> bytes:
     """A `records` frame as UTF-8 JSON, whatever the records hold.
 
     orjson writes the common case; a record it refuses (an integer beyond 64
-    bits, a lone surrogate, an object, say from a spool written by an older
-    callback) is sent as `jsonable` makes it, so one odd value cannot stop a
-    stream.
+    bits, a lone surrogate, an object) is sent as `jsonable` makes it, so one
+    odd value cannot stop a stream. `clean=True` passes every record through
+    `jsonable` first (`fitdeck sync`: a spool written by an older callback may
+    hold what orjson writes and the server still refuses, such as 2**63).
     """
-    try:
-        return orjson.dumps(Msg.records(records))
-    except TypeError:  # orjson.JSONEncodeError
-        clean = [jsonable(r, "record", depth=0)[0] for r in records]
-        return orjson.dumps(Msg.records(clean))
+    if not clean:
+        try:
+            return orjson.dumps(Msg.records(records))
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return orjson.dumps(Msg.records([jsonable(r, "record", depth=0)[0] for r in records]))
 
 
 # -- messages ----------------------------------------------------------------------

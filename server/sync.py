@@ -108,7 +108,7 @@ def _upload(spool: Spool, run_id: str, ws_url: str, token: str | None, timeout: 
                 chunk = spool.read_after(sent, SEND_CHUNK)
                 if not chunk:
                     break
-                ws.send(encode_records(chunk), text=True)
+                ws.send(encode_records(chunk, clean=True), text=True)
                 sent = chunk[-1]["seq"]
             message = loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
             ack = message.get("seq") if isinstance(message, dict) else None
