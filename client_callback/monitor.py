@@ -71,7 +71,9 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             environment variable, then the token of the fitdeck server
             running on this machine at that address, then no token.
         params: Hyperparameters or notes to show with the run; a dict of
-            JSON-friendly values (others are shown as text). Defaults to `{}`.
+            JSON-friendly values. What the server cannot keep (integers
+            beyond 64 bits, lone surrogates, objects, nesting deeper than 32)
+            is sent as text, with one warning. Defaults to `{}`.
         flush_timeout: Seconds `on_train_end` waits for the server to
             acknowledge the last records while connected. Defaults to `5.0`.
         memory_records: Most sent-but-unacknowledged records kept in memory;

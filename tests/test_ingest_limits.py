@@ -247,8 +247,13 @@ def test_the_good_records_of_a_frame_with_a_bad_one_are_stored(app_client: TestC
 
 @pytest.mark.parametrize(
     "text",
-    ['{"type": "records", "records": [{"seq": 1, "t": NaN}]}', "not json", "[" * 5000 + "]" * 5000],
-    ids=["bare-nan", "not-json", "5000-deep"],
+    [
+        '{"type": "records", "records": [{"seq": 1, "t": NaN}]}',
+        "not json",
+        "[" * 5000 + "]" * 5000,
+        '{"type": "records", "records": [{"seq": ' + "9" * 5000 + "}]}",
+    ],
+    ids=["bare-nan", "not-json", "5000-deep", "5000-digit-int"],
 )
 def test_a_frame_that_is_not_strict_json_closes_with_1008(
     app_client: TestClient, text: str
