@@ -21,7 +21,7 @@ import keras
 
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, Rec, jsonable
+from server.protocol import LR_KEY, MAX_NAME, SETTINGS_META, Rec, jsonable
 
 __all__ = ["LiveMonitor"]
 
@@ -363,6 +363,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
             "lr_schedule": _schedule_name(optimizer) if optimizer is not None else None,
+            SETTINGS_META: [LR_KEY],  # series that hold until changed: drawn as steps
         }
         if optimizer is not None:
             try:
