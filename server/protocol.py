@@ -40,6 +40,7 @@ __all__ = [
     "MAX_INT",
     "MAX_NAME",
     "MAX_SUBSCRIPTIONS",
+    "MIN_INT",
     "NONFINITE",
     "PROTOCOL_VERSION",
     "RECORD_TYPES",
