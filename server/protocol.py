@@ -63,6 +63,7 @@ __all__ = [
     "has_surrogate",
     "json_problem",
     "jsonable",
+    "load_stored",
     "loads",
     "train_ws_url",
 ]
@@ -384,6 +385,20 @@ def _as_text(value: Any) -> str:
         text = f"<int of {bits} bits>" if bits else f"<{type(value).__name__}>"
     text = _escaped(text) if has_surrogate(text) else text
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def load_stored(text: str) -> Any:
+    """A free-form object as the database keeps it (JSON text), ready to serve.
+
+    A run stored by a fitdeck older than these limits may hold a lone surrogate
+    (kept escaped, `\\udcff`) or nest hundreds of levels deep; such a value
+    comes back as `jsonable` makes it, so one old run cannot break the routes
+    that list it. Anything else is parsed as it is.
+    """
+    value = json.loads(text)
+    if "\\ud" in text or "\\uD" in text or text.count("[") + text.count("{") > 3 * MAX_DEPTH:
+        value = jsonable(value, "stored")[0]
+    return value
 
 
 def encode_records(records: list[dict[str, Any]], *, clean: bool = False) -> bytes:

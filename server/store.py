@@ -32,6 +32,7 @@ from server.auth import make_private
 from server.downsample import Point
 from server.errors import Conflict, NotFound
 from server.memory import WriterMemory
+from server.protocol import load_stored
 
 __all__ = ["BUSY_TIMEOUT", "StorageUnavailable", "Store", "is_storage_failure"]
 
@@ -469,13 +470,13 @@ def run_dict(row: sqlite3.Row) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "ended_at": row["ended_at"],
-        "params": json.loads(row["params"]),
-        "meta": json.loads(row["meta"]),
+        "params": load_stored(row["params"]),
+        "meta": load_stored(row["meta"]),
         "epoch": row["epoch"],
         "step": row["step"],
         "lr": row["lr"],
         "last_metrics": json.loads(row["last_metrics"]),
-        "error": json.loads(row["error"]) if row["error"] else None,
+        "error": load_stored(row["error"]) if row["error"] else None,
     }
 
 
@@ -488,7 +489,7 @@ def event_dict(row: sqlite3.Row) -> dict[str, Any]:
         "kind": row["kind"],
         "step": row["step"],
         "epoch": row["epoch"],
-        "data": json.loads(row["data"]),
+        "data": load_stored(row["data"]),
     }
 
 

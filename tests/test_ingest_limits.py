@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import re
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from starlette.testclient import WebSocketTestSession
 
 from server import Settings, create_app
-from server.protocol import MAX_DEPTH, Close, Msg, dumps, has_surrogate, loads
+from server.protocol import MAX_DEPTH, Close, Msg, dumps, has_surrogate, json_problem, loads
 from tests.conftest import TOKEN, local_client
 
 REPLY_TIMEOUT = 10.0  # seconds; the server answers in milliseconds, a hang fails fast
@@ -364,3 +365,29 @@ def test_the_limits_in_the_docs_are_the_protocols() -> None:
     assert f"`MAX_DEPTH` = {MAX_DEPTH} levels" in docs
     assert re.search(r"`MIN_INT` … `MAX_INT`", docs)
     assert not math.isfinite(json.loads("1e999"))  # why 1e999 is named there
+
+
+def test_a_run_stored_before_the_limits_existed_is_served_too(tmp_path: Path) -> None:
+    """Old databases may hold what ingest now refuses: the routes serve it as text."""
+    db = tmp_path / "old.db"
+    app = create_app(Settings(db=db, token=TOKEN))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with local_client(app, headers=headers, raise_server_exceptions=False) as client:
+        with Trainer(client) as trainer:
+            trainer.records(run_start(), {"type": "event", "t": 2.0, "kind": "k", "data": {}})
+        # What an older fitdeck let in, written as it wrote it (json.dumps, ASCII escapes).
+        deep = "[" * 500 + "]" * 500
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "UPDATE runs SET params = ?, meta = ?, error = ? WHERE id = ?",
+                (json.dumps({"path": "/data/\udcff"}), json.dumps({"deep": json.loads(deep)}),
+                 json.dumps({"type": "E", "message": "\udcff"}), trainer.run_id),
+            )  # fmt: skip
+            conn.execute(
+                "UPDATE events SET data = ? WHERE run_id = ?",
+                (json.dumps({"\udcfe": 1}), trainer.run_id),
+            )
+        assert_every_route_serves(client, trainer.run_id)
+        run = client.get(f"/api/runs/{trainer.run_id}").json()["run"]
+        assert run["params"] == {"path": "/data/\\udcff"}
+        assert json_problem(run["meta"], "meta") is None  # the deep part came back as text
