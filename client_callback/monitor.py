@@ -22,7 +22,7 @@ import keras
 
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_INT, MAX_NAME, SETTINGS_META, Rec, encode_value
+from server.protocol import LR_KEY, MAX_NAME, SETTINGS_META, Rec, jsonable
 
 __all__ = ["LiveMonitor"]
 
@@ -76,7 +76,9 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             environment variable, then the token of the fitdeck server
             running on this machine at that address, then no token.
         params: Hyperparameters or notes to show with the run; a dict of
-            JSON-friendly values (others are shown as text). Defaults to `{}`.
+            JSON-friendly values. What the server cannot keep (integers
+            beyond 64 bits, lone surrogates, objects, nesting deeper than 32)
+            is sent as text, with one warning. Defaults to `{}`.
         flush_timeout: Seconds the end of `fit` (or a `fit` that raised)
             waits for the server to acknowledge the last records, while
             connected or while the first connection is being made. Defaults
@@ -142,16 +144,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
         self.run_id = uuid.uuid4().hex
         self.url = url
-        changed: list[str] = []
-        self.user_params = _jsonable(params or {}, changed)
-        self.run_name = None if run_name is None else _text(run_name, changed, "run_name")
-        self.project = None if project is None else _text(project, changed, "project")
-        if changed:  # one warning for all of them
-            _warn_now(
-                "fitdeck: some params cannot be sent as they are (an integer beyond 64 bits, "
-                "a lone surrogate, or nesting deeper than 32); they are sent as text: "
-                + ", ".join(changed)
-            )
+        self.run_name = run_name
+        self.project = project
+        # What JSON or the server cannot hold (2**70, "\udcff", objects) is sent as text.
+        self.user_params, self._unsendable = jsonable(params or {}, "params")
         self.flush_timeout = flush_timeout
         self._stream = Stream(
             url,
@@ -395,8 +391,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 config = optimizer.get_config()
             except Exception:
                 config = {}
-            meta["optimizer"] = {"class_name": type(optimizer).__name__,
-                                 "config": _jsonable(config)}  # fmt: skip
+            meta["optimizer"] = {"class_name": type(optimizer).__name__, "config": config}
         try:
             meta["param_count"] = int(model.count_params())
             meta["trainable_param_count"] = int(
@@ -405,7 +400,16 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             meta["layers"] = [_layer(layer) for layer in model.layers]
         except Exception as exc:  # an unbuilt or exotic model still trains
             log.debug("could not describe the model: %s", exc)
-        return _jsonable(meta)  # type: ignore[no-any-return]
+        clean, unsendable = jsonable(meta, "meta")
+        unsendable = self._unsendable + unsendable
+        if unsendable:
+            more = f" and {len(unsendable) - 3} more" if len(unsendable) > 3 else ""
+            self._stream.warn_once(
+                "unsendable",
+                "fitdeck: values that are not JSON the server can keep are sent as text: "
+                f"{'; '.join(unsendable[:3])}{more}.",
+            )
+        return clean  # type: ignore[no-any-return]
 
 
 def _layer(layer: Any) -> dict[str, Any]:
@@ -441,57 +445,6 @@ def _schedule_name(optimizer: Any) -> str | None:
     if callable(lr) and not hasattr(lr, "assign"):
         return getattr(lr, "__name__", type(lr).__name__)
     return None
-
-
-def _jsonable(value: Any, changed: list[str] | None = None, where: str = "") -> Any:
-    """A copy made of JSON types: numbers, strings, lists, dicts; anything else as text.
-
-    What JSON (or the server's 64-bit integers) cannot carry becomes text too, and
-    its place is noted in `changed`: an int beyond ±(2**63 - 1), a string holding a
-    lone surrogate (`os.fsdecode` of a non-UTF-8 name), nesting beyond `MAX_DEPTH`.
-    """
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return _text(value, changed, where)
-    if isinstance(value, int):
-        if -MAX_INT <= value <= MAX_INT:
-            return value
-        _note(changed, where)
-        return str(value)
-    if isinstance(value, float):
-        return encode_value(value)
-    if isinstance(value, (dict, list, tuple)) and where.count("/") >= MAX_DEPTH:
-        _note(changed, where)
-        return _text(repr(value)[:2000], None, where)
-    if isinstance(value, dict):
-        return {
-            _text(str(k), changed, where): _jsonable(v, changed, f"{where}/{k}")
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, changed, f"{where}/{i}") for i, v in enumerate(value)]
-    if hasattr(value, "item") and getattr(value, "size", 2) == 1:  # numpy scalar
-        return _jsonable(value.item(), changed, where)
-    return _text(str(value), changed, where)
-
-
-MAX_DEPTH = 32
-"""Most levels of nesting in params and the model's description; deeper is text."""
-
-
-def _text(value: str, changed: list[str] | None, where: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: JSON text must be valid UTF-8
-        _note(changed, where)
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
-def _note(changed: list[str] | None, where: str) -> None:
-    if changed is not None and len(changed) < 5:
-        changed.append(where or "/")
 
 
 # -- fits that end by an exception --------------------------------------------

@@ -31,12 +31,21 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from server import discovery
-from server.protocol import Close, Env, Msg, Rec, dumps, encode_value, loads, train_ws_url
+from server.protocol import (
+    Close,
+    Env,
+    Msg,
+    Rec,
+    dumps,
+    encode_records,
+    encode_value,
+    loads,
+    train_ws_url,
+)
 from server.spool import Spool, default_spool_dir
 
 __all__ = ["BATCH", "EPOCH", "RECORD", "FitdeckWarning", "Stream"]
@@ -234,6 +243,13 @@ class Stream:
                     self._warn_unreachable(exc)
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 self._warn_unreachable(exc)
+            except Exception as exc:  # never die silently: say so, keep the records, retry
+                log.warning("fitdeck: the stream failed; retrying", exc_info=True)
+                self.warn_once(
+                    "stream-failed",
+                    f"fitdeck: streaming to {self.ws_url} failed ({type(exc).__name__}: {exc}); "
+                    "training goes on and the records are kept; retrying.",
+                )
             finally:
                 if self.connected:  # welcomed: the link worked, start the backoff over
                     backoff = BACKOFF_START
@@ -335,7 +351,7 @@ class Stream:
             chunk = self._next_chunk()
             if not chunk:
                 return False
-            ws.send(orjson.dumps(Msg.records(chunk)), text=True)
+            ws.send(encode_records(chunk), text=True)
             self._sent_seq = chunk[-1]["seq"]
         return True
 

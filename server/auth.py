@@ -25,10 +25,12 @@ from server.settings import Settings
 __all__ = [
     "COOKIE",
     "LOOPBACK_NAMES",
+    "TokenFileError",
     "allowed_hosts",
     "host_allowed",
     "is_authorized",
     "is_loopback",
+    "make_private",
     "origin_allowed",
     "resolve_token",
     "token_matches",
@@ -43,12 +45,21 @@ WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
 SHORT_TOKEN = 16
 
 
+class TokenFileError(RuntimeError):
+    """The token file beside the database is not this user's alone; the message says why."""
+
+
 def token_path(db: Path) -> Path:
     return db.with_name(db.name + ".token")
 
 
 def resolve_token(settings: Settings) -> str | None:
-    """The token in force: given, or kept beside the database (made once, mode 0600)."""
+    """The token in force: given, or kept beside the database (made once, mode 0600).
+
+    Raises:
+        TokenFileError: the token file belongs to another user, or others may write it
+            (a token planted by someone else would let them in).
+    """
     if not settings.auth:
         return None
     if settings.token:
@@ -59,30 +70,78 @@ def resolve_token(settings: Settings) -> str | None:
         return settings.token
     path = token_path(settings.db)
     token = _read_token(path)
-    if token is not None:
+    if token:
         return token
-    token = secrets.token_urlsafe(24)
+    new = secrets.token_urlsafe(24)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another server on the same database made it first
-        return _read_token(path) or token
+    if token == "":  # an empty file of ours: it gets the token in force
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    else:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another server on the same database made it first
+            return _read_token(path) or new
     with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+        f.write(new + "\n")
     log.info("generated a new token in %s", path)
-    return token
+    return new
 
 
 def _read_token(path: Path) -> str | None:
+    """The file's token (`""` when empty), `None` when there is no file; made 0600."""
     try:
-        token = path.read_text().strip()
+        with path.open() as f:
+            check_private(path, os.fstat(f.fileno()), "token file")
+            token = f.read().strip()
     except FileNotFoundError:
         return None
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         log.warning("%s was readable by others (mode %o); made it 0600", path, mode)
         path.chmod(0o600)
-    return token or None
+    return token
+
+
+def check_private(path: Path, st: os.stat_result, what: str) -> None:
+    """Refuse a file another user owns or may write: its content is not ours to trust.
+
+    Raises:
+        TokenFileError: with what is wrong and what to do.
+    """
+    uid = _uid()
+    if uid is not None and st.st_uid != uid:
+        raise TokenFileError(
+            f"the {what} {path} belongs to uid {st.st_uid}, not to this user (uid {uid}): "
+            "someone else may have planted it. Remove it (a new token is made) or pass --token."
+        )
+    if st.st_mode & 0o022:
+        raise TokenFileError(
+            f"the {what} {path} may be written by others (mode {stat.S_IMODE(st.st_mode):o}): "
+            "someone else may have planted it. Remove it (a new token is made) or pass --token."
+        )
+
+
+def _uid() -> int | None:
+    return os.geteuid() if hasattr(os, "geteuid") else None
+
+
+def make_private(path: Path) -> None:
+    """Create `path` empty with mode 0600 if missing, else take it to 0600 (for the
+    database: SQLite gives its -wal and -shm files the database file's mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077 and file.stat().st_uid in (_uid(), None):
+                file.chmod(0o600)
+                log.info("%s was open to others (mode %o); made it 0600", file, mode)
+        except OSError:  # missing, or not ours to change: SQLite will say what it must
+            pass
 
 
 def presented_token(conn: HTTPConnection) -> str | None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.auth import is_loopback
+from server.auth import TokenFileError, is_loopback
 from server.protocol import DEFAULT_URL, Env
 from server.settings import DEFAULT_DB, DEFAULT_HOST, DEFAULT_PORT, Settings
 
@@ -86,12 +86,27 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
         help="a host name the server answers to besides loopback and --host; repeat for more, "
         "'*' for any (env FITDECK_ALLOWED_HOSTS, comma-separated)",
     )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="IPS",
+        help="proxies whose X-Forwarded-For/-Proto headers are believed, comma-separated "
+        "(env FITDECK_FORWARDED_ALLOW_IPS; default: none, loopback included)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     hosts = tuple(args.allowed_host) if args.allowed_host else None
+    proxies = None
+    if args.forwarded_allow_ips is not None:
+        proxies = tuple(p.strip() for p in args.forwarded_allow_ips.split(",") if p.strip())
     settings = Settings.from_env(
-        host=args.host, port=args.port, db=args.db, token=args.token, allowed_hosts=hosts
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        token=args.token,
+        allowed_hosts=hosts,
+        forwarded_allow_ips=proxies,
     )
     if args.no_auth:
         settings = Settings(**{**settings.__dict__, "auth": False, "token": None})
@@ -143,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(settings, epochs=args.epochs, keep_serving=not args.exit)
     except KeyboardInterrupt:  # Ctrl-C: the server has shut down cleanly already
         return 130
+    except TokenFileError as exc:
+        print(f"fitdeck {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 1
     raise AssertionError(args.command)  # pragma: no cover
 
 

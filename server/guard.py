@@ -28,16 +28,20 @@ from server.errors import FitdeckError
 from server.protocol import Close
 from server.settings import Settings
 
-__all__ = ["SECURITY_HEADERS", "BodyTooLarge", "Guard", "TokenBucket", "error_response"]
+__all__ = [
+    "SECURITY_HEADERS",
+    "BodyTooLarge",
+    "Guard",
+    "TokenBucket",
+    "error_response",
+    "log_safe",
+]
 
 log = logging.getLogger("fitdeck.guard")
 
 POLICY = Close.POLICY
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/api/health"})  # health probes may use any Host
-# Starlette's in-process TestClient: no network peer (uvicorn always puts the
-# peer's address in `client`), so no browser can be behind it.
-IN_PROCESS = ("testclient", "testserver")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -107,6 +111,7 @@ class Guard:
         refusal = self._refuse_http(scope)
         if refusal is not None:
             status, message = refusal
+            log.info("refused %s %s: %s", scope["method"], log_safe(scope["path"]), message)
             await error_response(status, message)(scope, receive, send_with_headers)
             return
 
@@ -153,7 +158,7 @@ class Guard:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         reason = self._refuse_websocket(scope)
         if reason is not None:
-            log.info("refused a WebSocket on %s: %s", scope["path"], reason)
+            log.info("refused a WebSocket on %s: %s", log_safe(scope["path"]), reason)
             if (await receive())["type"] == "websocket.connect":
                 # Accept, then close: the client sees the code and the reason,
                 # and no data has flowed.
@@ -170,7 +175,8 @@ class Guard:
             if message["type"] == "websocket.receive" and not bucket.take():
                 closed = True
                 rate = self.settings.max_frames_per_second
-                log.warning("closing a WebSocket on %s: over %g frames/s", scope["path"], rate)
+                path = log_safe(scope["path"])
+                log.warning("closing a WebSocket on %s: over %g frames/s", path, rate)
                 await send(
                     {
                         "type": "websocket.close",
@@ -199,10 +205,17 @@ class Guard:
         return None
 
     def _host_allowed(self, scope: Scope, headers: Headers) -> bool:
-        if host_allowed(headers, self.hosts):
-            return True
-        client = scope.get("client")
-        return client is not None and (client[0], headers.get("host")) == IN_PROCESS
+        return host_allowed(headers, self.hosts)
+
+
+def log_safe(text: str, limit: int = 200) -> str:
+    """`text` for one log line: control and other unprintable characters escaped
+    (a path with `%0A` cannot forge a line), at most `limit` characters kept."""
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _host_message(headers: Headers) -> str:

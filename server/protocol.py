@@ -36,8 +36,11 @@ __all__ = [
     "HELLO_ROLES",
     "LIVE_PATH",
     "LR_KEY",
+    "MAX_DEPTH",
+    "MAX_INT",
     "MAX_NAME",
     "MAX_SUBSCRIPTIONS",
+    "MIN_INT",
     "NONFINITE",
     "PROTOCOL_VERSION",
     "RECORD_TYPES",
@@ -55,7 +58,12 @@ __all__ = [
     "decode_number",
     "dumps",
     "encode_number",
+    "encode_records",
     "encode_value",
+    "has_surrogate",
+    "json_problem",
+    "jsonable",
+    "load_stored",
     "loads",
     "train_ws_url",
 ]
@@ -97,6 +105,8 @@ class Env:
     """Server: SQLite file."""
     ALLOWED_HOSTS: Final = "FITDECK_ALLOWED_HOSTS"
     """Server: host names besides loopback, comma-separated."""
+    FORWARDED_ALLOW_IPS: Final = "FITDECK_FORWARDED_ALLOW_IPS"
+    """Server: proxies whose X-Forwarded-* headers are believed, comma-separated."""
     DISCONNECT_GRACE: Final = "FITDECK_DISCONNECT_GRACE"
     """Server: seconds a run may stay `disconnected` before it fails."""
     MAX_CONNECTIONS: Final = "FITDECK_MAX_CONNECTIONS"
@@ -105,8 +115,6 @@ class Env:
     """Server: most connections that have not shown the token."""
     HEADER_TIMEOUT: Final = "FITDECK_HEADER_TIMEOUT"
     """Server: seconds a connection has to send a request's headers."""
-    FORWARDED_ALLOW_IPS: Final = "FITDECK_FORWARDED_ALLOW_IPS"
-    """Server: proxies whose forwarded headers are believed, comma-separated."""
     SPOOL_DIR: Final = "FITDECK_SPOOL_DIR"
     """Callback and `fitdeck sync`: where unacknowledged records are kept."""
 
@@ -125,6 +133,13 @@ MAX_SUBSCRIPTIONS: Final = 64
 """Most runs one `/ws/live` connection may follow."""
 MAX_INT: Final = 2**63 - 1
 """Largest integer a record may carry (what SQLite's INTEGER holds)."""
+MIN_INT: Final = -(2**63)
+"""Smallest integer a free-form object (`params`, `meta`, event `data`, `error`) may hold."""
+MAX_DEPTH: Final = 32
+"""Deepest nesting of a free-form object: the object itself is level 1, so
+`{"a": {"b": 1}}` is 2 deep. Deeper ones are refused (the callback sends them as text)."""
+MAX_TEXT: Final = 1000
+"""Longest text the callback makes of a value it cannot send as JSON (characters)."""
 
 SCOPES: Final = ("epoch", "batch")
 LR_KEY: Final = "learning_rate"
@@ -187,11 +202,22 @@ def encode_number(value: float | None) -> float | str:
 
 
 def encode_value(value: Any) -> float | str | None:
-    """Any scalar log value (Python, NumPy or tensor) as strict JSON; `None` if not a number."""
+    """Any scalar log value (Python, NumPy or tensor) as strict JSON; `None` if not a number.
+
+    Text is not a number, even when it spells one (`"1.5"`, `"nan"`); an integer
+    too large for a float is `"Infinity"` (or `"-Infinity"`).
+    """
+    if isinstance(value, (str, bytes, bytearray)):
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
+    except OverflowError:
+        try:
+            return "Infinity" if value > 0 else "-Infinity"
+        except Exception:
+            return None
     return encode_number(number)
 
 
@@ -199,8 +225,13 @@ def decode_number(value: object) -> float | None:
     """A metric value received as JSON; `None` when it is not a number at all."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # 400 digits: not a value anyone logged
+            return None
     if isinstance(value, str):
         return NONFINITE.get(value)
     return None
@@ -236,6 +267,161 @@ def loads(text: str | bytes) -> Any:
 
 def _bare_constant(name: str) -> float:
     raise ValueError(f'bare {name} is not JSON; send the string "{name}" instead')
+
+
+# -- free-form objects: what a record may hold, and what the callback makes of the rest ---
+
+
+def has_surrogate(text: str) -> bool:
+    """True when `text` holds a lone UTF-16 surrogate (what `os.fsdecode` makes of
+    bytes that are not UTF-8): no UTF-8 encoder, SQLite's included, can write it."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def json_problem(value: Any, where: str, depth: int = 1) -> str | None:
+    """Why a parsed JSON value cannot be stored and served again, or `None`.
+
+    The limits of free-form objects (`params`, `meta`, event `data`, run_end
+    `error`): containers nested at most MAX_DEPTH deep, text and keys without
+    lone surrogates, integers from MIN_INT to MAX_INT, floats finite (`1e999`
+    parses as Infinity; send the string "Infinity" instead). `where` names the
+    value in the message (`params`), which then names the offending part
+    (`params['lr'][1]`).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return f"{where} holds a lone UTF-16 surrogate." if has_surrogate(value) else None
+    if isinstance(value, int):
+        if MIN_INT <= value <= MAX_INT:
+            return None
+        return f"{where} is an integer beyond 64 bits (from -2**63 to 2**63-1)."
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return f'{where} is {value!r}; write the string "{encode_number(value)}" instead.'
+    if isinstance(value, (dict, list)):
+        if depth > MAX_DEPTH:
+            return f"{where} is nested deeper than {MAX_DEPTH} levels."
+        if isinstance(value, list):
+            items: Iterable[tuple[Any, Any]] = enumerate(value)
+        else:
+            items = value.items()
+        for key, item in items:
+            if isinstance(key, str) and has_surrogate(key):
+                return f"a key in {where} holds a lone UTF-16 surrogate: {key!r}."
+            problem = json_problem(item, f"{where}[{key!r}]", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return f"{where} is a {type(value).__name__}, not JSON."
+
+
+def jsonable(value: Any, where: str = "value", depth: int = 1) -> tuple[Any, list[str]]:
+    """A copy of `value` that `json_problem` passes, and what had to become text.
+
+    For the callback, whose params and meta come from user code: numbers,
+    text, lists and dicts stay (NumPy scalars become numbers, non-finite
+    floats the strings "NaN"/"Infinity"/"-Infinity", keys text); what JSON or
+    the server cannot hold becomes text: integers beyond 64 bits, lone
+    surrogates (escaped as `\\udcff`), objects, containers nested deeper than
+    MAX_DEPTH. Never raises.
+
+    Returns:
+        The copy, and one line per value made text (`params['big']: int beyond 64 bits`).
+    """
+    problems: list[str] = []
+    return _jsonable(value, where, depth, problems), problems
+
+
+def _jsonable(value: Any, where: str, depth: int, problems: list[str]) -> Any:
+    if value is None or isinstance(value, bool):
+        return bool(value) if value is not None else None
+    if isinstance(value, str):
+        if has_surrogate(value):
+            problems.append(f"{where}: text with a lone surrogate")
+            return _escaped(value)
+        return str(value)
+    if isinstance(value, int):
+        if MIN_INT <= value <= MAX_INT:
+            return int(value)
+        problems.append(f"{where}: an integer beyond 64 bits")
+        return _as_text(value)
+    if isinstance(value, float):
+        return encode_number(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        if depth > MAX_DEPTH:
+            problems.append(f"{where}: nested deeper than {MAX_DEPTH} levels")
+            return _as_text(value)
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            for key, item in list(value.items()):
+                name = _jsonable(key, f"a key in {where}", depth, problems)
+                if not isinstance(name, str):
+                    name = _as_text(name) if name is not None else "null"
+                out[name] = _jsonable(item, f"{where}[{key!r}]", depth + 1, problems)
+            return out
+        return [_jsonable(v, f"{where}[{i}]", depth + 1, problems) for i, v in enumerate(value)]
+    if getattr(value, "size", None) == 1 and callable(getattr(value, "item", None)):
+        try:  # a NumPy scalar (or one-element array): its Python number
+            inner = value.item()
+        except Exception:
+            inner = value
+        if isinstance(inner, (bool, int, float, str)):
+            return _jsonable(inner, where, depth, problems)
+    problems.append(f"{where}: a value of type {type(value).__name__}")
+    return _as_text(value)
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _as_text(value: Any) -> str:
+    try:
+        text = str(value)
+    except Exception:  # a broken __str__, or an int of more than 4300 digits
+        bits = value.bit_length() if isinstance(value, int) else None
+        text = f"<int of {bits} bits>" if bits else f"<{type(value).__name__}>"
+    text = _escaped(text) if has_surrogate(text) else text
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def load_stored(text: str) -> Any:
+    """A free-form object as the database keeps it (JSON text), ready to serve.
+
+    A run stored by a fitdeck older than these limits may hold a lone surrogate
+    (kept escaped, `\\udcff`) or nest hundreds of levels deep; such a value
+    comes back as `jsonable` makes it, so one old run cannot break the routes
+    that list it. Anything else is parsed as it is.
+    """
+    value = json.loads(text)
+    if "\\ud" in text or "\\uD" in text or text.count("[") + text.count("{") > 3 * MAX_DEPTH:
+        value = jsonable(value, "stored")[0]
+    return value
+
+
+def encode_records(records: list[dict[str, Any]], *, clean: bool = False) -> bytes:
+    """A `records` frame as UTF-8 JSON, whatever the records hold.
+
+    orjson writes the common case; a record it refuses (an integer beyond 64
+    bits, a lone surrogate, an object) is sent as `jsonable` makes it, so one
+    odd value cannot stop a stream. `clean=True` passes every record through
+    `jsonable` first (`fitdeck sync`: a spool written by an older callback may
+    hold what orjson writes and the server still refuses, such as 2**63).
+    """
+    if not clean:
+        try:
+            return orjson.dumps(Msg.records(records))
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return orjson.dumps(Msg.records([jsonable(r, "record", depth=0)[0] for r in records]))
 
 
 # -- messages ----------------------------------------------------------------------

@@ -20,6 +20,8 @@ from server.protocol import (
     MAX_REASON,
     RECORD_TYPES,
     decode_number,
+    has_surrogate,
+    json_problem,
 )
 
 __all__ = ["validate_records"]
@@ -29,7 +31,16 @@ RUN_END_STATUSES = frozenset(ENDED)
 
 
 def _fail(rec: dict[str, Any], message: str) -> BadRequest:
-    return BadRequest(f"Record {rec.get('seq')!r}: {message}")
+    return BadRequest(f"Record {_show(rec.get('seq'))}: {message}")
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, for messages (lone surrogates come escaped)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits
+        return "<a huge integer>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _number(rec: dict[str, Any], name: str, *, optional: bool = False) -> float | None:
@@ -38,7 +49,7 @@ def _number(rec: dict[str, Any], name: str, *, optional: bool = False) -> float 
         return None
     out = decode_number(value)
     if out is None or not math.isfinite(out):
-        raise _fail(rec, f"{name!r} must be a finite number, got {value!r}.")
+        raise _fail(rec, f"{name!r} must be a finite number, got {_show(value)}.")
     return out
 
 
@@ -47,7 +58,7 @@ def _int(rec: dict[str, Any], name: str, *, optional: bool = False) -> int | Non
     if value is None and optional:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
-        raise _fail(rec, f"{name!r} must be an integer from 0 to 2**63-1, got {value!r}.")
+        raise _fail(rec, f"{name!r} must be an integer from 0 to 2**63-1, got {_show(value)}.")
     return value
 
 
@@ -57,6 +68,18 @@ def _text(rec: dict[str, Any], name: str, *, optional: bool = False) -> str | No
         return None
     if not isinstance(value, str) or len(value) > MAX_NAME:
         raise _fail(rec, f"{name!r} must be a string of at most {MAX_NAME} characters.")
+    if has_surrogate(value):
+        raise _fail(rec, f"{name!r} holds a lone UTF-16 surrogate: {_show(value)}.")
+    return value
+
+
+def _free_form(rec: dict[str, Any], name: str, value: object) -> dict[str, Any]:
+    """An object of any JSON within the documented limits (`server.protocol.json_problem`)."""
+    if not isinstance(value, dict):
+        raise _fail(rec, f"{name!r} must be an object.")
+    problem = json_problem(value, name)
+    if problem is not None:
+        raise _fail(rec, problem)
     return value
 
 
@@ -70,11 +93,15 @@ def _logs(rec: dict[str, Any], max_keys: int) -> dict[str, float]:
     if max(map(len, logs), default=0) > MAX_NAME:
         key = next(k for k in logs if len(k) > MAX_NAME)
         raise _fail(rec, f"metric name longer than {MAX_NAME} characters: {key[:40]!r}…")
+    names = "".join(logs)
+    if not names.isascii() and has_surrogate(names):
+        key = next(k for k in logs if has_surrogate(k))
+        raise _fail(rec, f"metric name {_show(key)} holds a lone UTF-16 surrogate.")
     if not FLOAT_ONLY.issuperset(map(type, logs.values())):
         for key, value in logs.items():
             number = decode_number(value)
             if number is None:
-                raise _fail(rec, f"metric {key!r} has value {value!r}, not a number.")
+                raise _fail(rec, f"metric {_show(key)} has value {_show(value)}, not a number.")
             logs[key] = number  # the frame was parsed for us: ours to normalise
     return logs
 
@@ -105,16 +132,16 @@ def _validate(rec: object, max_keys: int) -> dict[str, Any]:
         raise BadRequest(f"A record must be an object, got {type(rec).__name__}.")
     seq = rec.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_INT:
-        raise BadRequest(f"A record needs a positive integer 'seq', got {seq!r}.")
+        raise BadRequest(f"A record needs a positive integer 'seq', got {_show(seq)}.")
     kind = rec.get("type")
     if kind not in RECORD_TYPES:
-        raise _fail(rec, f"unknown type {kind!r}.")
+        raise _fail(rec, f"unknown type {_show(kind)}.")
     t, step, epoch = rec.get("t"), rec.get("step"), rec.get("epoch")
     if (  # the common case, a batch or epoch record of plain numbers, in one test
         kind in ("batch", "epoch")
         and type(t) is float
         and type(step) is int
-        and (type(epoch) is float or type(epoch) is int)
+        and (type(epoch) is float or (type(epoch) is int and -MAX_INT <= epoch <= MAX_INT))
         and math.isfinite(t + epoch)
         and 0 <= step <= MAX_INT
     ):
@@ -137,28 +164,22 @@ def _validate(rec: object, max_keys: int) -> dict[str, Any]:
         out["id"] = _int(rec, "id")
         status = rec.get("status")
         if status not in COMMAND_STATUSES[1:]:
-            raise _fail(rec, f"unknown command status {status!r}.")
+            raise _fail(rec, f"unknown command status {_show(status)}.")
         out["status"] = status
         reason = rec.get("reason")
-        out["reason"] = None if reason is None else str(reason)[:MAX_REASON]
+        out["reason"] = None if reason is None else _reason(reason)
         for name in ("epoch", "batch", "step"):
             out[name] = _int(rec, name, optional=True)
     elif kind == "event":
         out["kind"] = _text(rec, "kind")
         out["step"] = _int(rec, "step", optional=True)
         out["epoch"] = _number(rec, "epoch", optional=True)
-        data = rec.get("data", {})
-        if not isinstance(data, dict):
-            raise _fail(rec, "'data' must be an object.")
-        out["data"] = data
+        out["data"] = _free_form(rec, "data", rec.get("data", {}))
     elif kind == "run_start":
         out["name"] = _text(rec, "name")
         out["project"] = _text(rec, "project", optional=True)
         for name in ("params", "meta"):
-            value = rec.get(name, {})
-            if not isinstance(value, dict):
-                raise _fail(rec, f"{name!r} must be an object.")
-            out[name] = value
+            out[name] = _free_form(rec, name, rec.get(name, {}))
     elif kind == "run_end":
         status = rec.get("status")
         if status not in RUN_END_STATUSES:
@@ -167,5 +188,13 @@ def _validate(rec: object, max_keys: int) -> dict[str, Any]:
         error = rec.get("error")
         if error is not None and not isinstance(error, dict):
             raise _fail(rec, "'error' must be an object or null.")
-        out["error"] = error
+        out["error"] = None if error is None else _free_form(rec, "error", error)
     return out
+
+
+def _reason(reason: object) -> str:
+    """A command's reason as kept: text, at most MAX_REASON characters, surrogates escaped."""
+    text = str(reason)[:MAX_REASON]
+    if has_surrogate(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:MAX_REASON]

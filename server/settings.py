@@ -28,6 +28,10 @@ class Settings:
     """Host names a request's `Host` header may carry besides the loopback ones
     (`localhost`, `127.0.0.1`, `[::1]`) and `host` when it is not a wildcard: the
     guard against DNS rebinding. `*` allows any host."""
+    forwarded_allow_ips: tuple[str, ...] = ()
+    """Proxies (addresses, networks, `*`) whose `X-Forwarded-For` and
+    `X-Forwarded-Proto` headers are believed (uvicorn's `forwarded_allow_ips`).
+    Empty: nobody's, loopback included; name your TLS proxy here."""
     port: int = DEFAULT_PORT
     """TCP port to listen on."""
     db: Path = field(default_factory=lambda: Path(DEFAULT_DB))
@@ -70,9 +74,6 @@ class Settings:
     opening or its first byte after the last answer; then 408 and closed."""
     keep_alive_timeout: float = 5.0
     """Seconds an idle keep-alive connection is kept between two requests."""
-    forwarded_allow_ips: tuple[str, ...] = ()
-    """Proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (IPs or
-    networks; `*` any). None by default: forwarded headers are ignored."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

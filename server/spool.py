@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from server.protocol import Env
+from server.protocol import Env, jsonable
 
 __all__ = ["Spool", "default_spool_dir"]
 
@@ -40,7 +40,12 @@ class Spool:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self._cursor: tuple[int, int] | None = None  # (byte offset, seq read up to there)
+        self._torn = False  # the file ends inside a line (a crash mid-write)
         if path.exists():
+            with path.open("rb") as f:
+                if f.seek(0, os.SEEK_END) > 0:
+                    f.seek(-1, os.SEEK_END)
+                    self._torn = f.read(1) != b"\n"
             for record in self._records(0):
                 if self.first_seq is None:
                     self.first_seq = record["seq"]
@@ -60,7 +65,7 @@ class Spool:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Add records (in sequence order, after those already here)."""
-        lines = [json.dumps(r, allow_nan=False) + "\n" for r in records]
+        lines = [_line(r) for r in records]
         if not lines:
             return
         new = not self.path.exists()
@@ -69,7 +74,10 @@ class Spool:
         with self.path.open("a", encoding="utf-8") as f:
             if new:
                 f.write(json.dumps({"fitdeck_spool": 1, **self.header}) + "\n")
+            elif self._torn:  # end the torn line, or it swallows the first record
+                f.write("\n")
             f.writelines(lines)
+        self._torn = False
         first = json.loads(lines[0])["seq"]
         if self.first_seq is None:
             self.first_seq = first
@@ -108,6 +116,13 @@ class Spool:
                 record = _parse(line)
                 if record is not None:
                     yield record
+
+
+def _line(record: dict[str, Any]) -> str:
+    try:
+        return json.dumps(record, allow_nan=False) + "\n"
+    except (TypeError, ValueError):  # an object, a raw NaN: written as the stream sends it
+        return json.dumps(jsonable(record, "record", depth=0)[0], allow_nan=False) + "\n"
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

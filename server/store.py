@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server import downsample, schema
+from server.auth import make_private
 from server.downsample import Point
 from server.errors import Conflict, NotFound
 from server.memory import WriterMemory
+from server.protocol import load_stored
 
 __all__ = ["BUSY_TIMEOUT", "StorageUnavailable", "Store", "is_storage_failure"]
 
@@ -153,7 +155,7 @@ class Store:
     # -- lifecycle -----------------------------------------------------------
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)  # 0600 like the token; SQLite's -wal and -shm follow it
         conn = _connect(self.path, busy_timeout=self._busy_timeout)
         try:
             # First, before anything writes: a file from a newer fitdeck is left untouched.
@@ -468,13 +470,13 @@ def run_dict(row: sqlite3.Row) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "ended_at": row["ended_at"],
-        "params": json.loads(row["params"]),
-        "meta": json.loads(row["meta"]),
+        "params": load_stored(row["params"]),
+        "meta": load_stored(row["meta"]),
         "epoch": row["epoch"],
         "step": row["step"],
         "lr": row["lr"],
         "last_metrics": json.loads(row["last_metrics"]),
-        "error": json.loads(row["error"]) if row["error"] else None,
+        "error": load_stored(row["error"]) if row["error"] else None,
     }
 
 
@@ -487,7 +489,7 @@ def event_dict(row: sqlite3.Row) -> dict[str, Any]:
         "kind": row["kind"],
         "step": row["step"],
         "epoch": row["epoch"],
-        "data": json.loads(row["data"]),
+        "data": load_stored(row["data"]),
     }
 
 

@@ -11,11 +11,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import connect
 
-from server.protocol import DEFAULT_URL, RUN_ID, Env, Msg, dumps, loads, train_ws_url
+from server.protocol import (
+    DEFAULT_URL,
+    RUN_ID,
+    Env,
+    FrameError,
+    Msg,
+    dumps,
+    encode_records,
+    loads,
+    train_ws_url,
+)
 from server.spool import Spool, default_spool_dir
 
 __all__ = ["SyncResult", "sync"]
@@ -67,6 +76,8 @@ def _sync_file(path: Path, url: str | None, token: str | None, timeout: float) -
         _upload(spool, run_id, train_ws_url(target), token, timeout)
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
         return SyncResult(path, run_id, target, records, False, f"{type(exc).__name__}: {exc}")
+    except FrameError as exc:  # the peer does not speak fitdeck
+        return SyncResult(path, run_id, target, records, False, f"not a fitdeck server: {exc}")
     return SyncResult(path, run_id, target, records, not path.exists())
 
 
@@ -83,19 +94,25 @@ def _upload(spool: Spool, run_id: str, ws_url: str, token: str | None, timeout: 
     ) as ws:
         ws.send(dumps(Msg.hello(run_id, role="sync")))  # an uploader: no command link
         welcome = loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
-        if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
-            raise ConnectionError(f"expected a welcome, got {welcome!r}")
-        acked = sent = int(welcome["last_seq"])
+        kind, last_seq = (
+            (welcome.get("type"), welcome.get("last_seq"))
+            if isinstance(welcome, dict)
+            else (None, None)
+        )
+        if kind != "welcome" or type(last_seq) is not int:
+            raise ConnectionError(f"expected a welcome, got {str(welcome)[:200]!r}")
+        acked = sent = last_seq
         spool.drop_through(acked)
         while spool.last_seq is not None and acked < spool.last_seq:
             while sent < spool.last_seq and sent - acked < WINDOW:
                 chunk = spool.read_after(sent, SEND_CHUNK)
                 if not chunk:
                     break
-                ws.send(orjson.dumps(Msg.records(chunk)), text=True)
+                ws.send(encode_records(chunk, clean=True), text=True)
                 sent = chunk[-1]["seq"]
             message = loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
-            if isinstance(message, dict) and message.get("type") == "ack":
-                acked = max(acked, int(message["seq"]))
+            ack = message.get("seq") if isinstance(message, dict) else None
+            if type(ack) is int and message.get("type") == "ack":
+                acked = max(acked, ack)
                 spool.drop_through(acked)
         ws.close()

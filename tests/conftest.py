@@ -157,17 +157,26 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 # -- in process ---------------------------------------------------------------
 
 TOKEN = "s3cret-token"
+LOCAL_HOST = "127.0.0.1"
+"""The `Host` in-process clients send: the guard has no exemption for Starlette's
+`testserver`, so they say what a browser on this machine would."""
+
+
+def local_client(app: Any, **kwargs: Any) -> Any:
+    """`TestClient(app, ...)` whose requests and WebSockets carry `Host: 127.0.0.1`."""
+    from fastapi.testclient import TestClient
+
+    headers = {"host": LOCAL_HOST, **kwargs.pop("headers", {})}
+    return TestClient(app, headers=headers, **kwargs)
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[Any]:
     """The app in-process (`TestClient` runs its lifespan) with the token in every request."""
-    from fastapi.testclient import TestClient
-
     from server import Settings, create_app
 
     app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN))
-    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+    with local_client(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         yield c
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import time
@@ -12,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server import Settings, create_app
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, local_client
 
 RUN = "0123456789abcdef0123456789abcdef"
 
@@ -57,7 +59,7 @@ def trainer(client: TestClient, run_id: str = RUN) -> Any:
 
 def test_health_is_open_and_everything_else_needs_the_token(tmp_path: Path) -> None:
     app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN))
-    with TestClient(app) as c:
+    with local_client(app) as c:
         assert c.get("/api/health").json() == {"status": "ok"}
         denied = c.get("/api/runs")
         assert denied.status_code == 401
@@ -69,7 +71,7 @@ def test_health_is_open_and_everything_else_needs_the_token(tmp_path: Path) -> N
 def test_browser_login_sets_an_httponly_cookie_and_drops_the_token_from_the_url(
     tmp_path: Path,
 ) -> None:
-    with TestClient(create_app(Settings(db=tmp_path / "t.db", token=TOKEN))) as c:
+    with local_client(create_app(Settings(db=tmp_path / "t.db", token=TOKEN))) as c:
         response = c.get(f"/?token={TOKEN}", follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"] == "/"
         cookie = response.headers["set-cookie"]
@@ -259,11 +261,11 @@ def test_live_subscribers_get_points_events_commands_and_run_updates(client: Tes
 def test_runs_and_their_data_survive_a_restart(tmp_path: Path) -> None:
     settings = Settings(db=tmp_path / "t.db", token=TOKEN)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(create_app(settings), headers=headers) as c:
+    with local_client(create_app(settings), headers=headers) as c:
         ws = trainer(c)
         send(ws, start(), batch(2, 1, loss=0.5))
         ws.__exit__(None, None, None)
-    with TestClient(create_app(settings), headers=headers) as c:
+    with local_client(create_app(settings), headers=headers) as c:
         run = c.get(f"/api/runs/{RUN}").json()
         assert run["run"]["name"] == "r" and run["run"]["params"] == {"lr": 0.1}
         assert run["keys"]["batch"] == ["loss"]
@@ -285,3 +287,45 @@ def test_bad_metrics_queries_are_refused(client: TestClient) -> None:
     assert client.get(f"/api/runs/{RUN}/metrics", params={"start": -1}).status_code == 400
     assert client.get(f"/api/runs/{'f' * 32}/metrics").status_code == 404
     assert client.get("/api/runs/not-a-run-id/metrics").status_code == 404
+
+
+# -- export.csv against formula injection ------------------------------------------------
+
+
+def test_csv_text_cells_that_start_a_formula_are_neutralised_numbers_are_not(
+    client: TestClient,
+) -> None:
+    """OWASP CSV injection: a metric name a spreadsheet would run gets a leading quote;
+    negative values stay numbers."""
+    ws = trainer(client)
+    names = ["=HYPERLINK(1)", "+1", "-loss", "@SUM(A1)", "\tx", "\rx", "loss"]
+    send(ws, start(), {**batch(2, 1), "logs": {name: -0.5 for name in names}})
+    ws.__exit__(None, None, None)
+    text = client.get(f"/api/runs/{RUN}/export.csv").text
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    keys = {row[1]: row for row in rows[1:]}
+    assert set(keys) == {"'=HYPERLINK(1)", "'+1", "'-loss", "'@SUM(A1)", "'\tx", "'\rx", "loss"}
+    assert all(row[5] == "-0.5" for row in keys.values())
+
+
+# -- logout ------------------------------------------------------------------------------
+
+
+def test_logout_clears_the_browser_cookie(tmp_path: Path) -> None:
+    with local_client(create_app(Settings(db=tmp_path / "t.db", token=TOKEN))) as browser:
+        browser.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert browser.get("/api/runs").status_code == 200  # signed in by the cookie
+        out = browser.post("/api/logout")
+        assert out.status_code == 204
+        cookie = out.headers["set-cookie"]
+        assert cookie.startswith("fitdeck_token=") and "Max-Age=0" in cookie
+        assert "HttpOnly" in cookie and "Path=/" in cookie
+        assert browser.get("/api/runs").status_code == 401
+
+
+def test_logout_from_a_foreign_origin_is_refused(tmp_path: Path) -> None:
+    with local_client(create_app(Settings(db=tmp_path / "t.db", token=TOKEN))) as browser:
+        browser.get(f"/?token={TOKEN}", follow_redirects=False)
+        out = browser.post("/api/logout", headers={"Origin": "http://evil.test"})
+        assert out.status_code == 403
+        assert browser.get("/api/runs").status_code == 200

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from server import Settings, create_app, models
 from server.protocol import COMMAND_KINDS, MAX_INT, MAX_NAME, SCOPES
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, local_client
 
 RUN = "0123456789abcdef0123456789abcdef"  # running, then disconnected: takes commands
 ENDED = "fedcba9876543210fedcba9876543210"  # finished: commands answer 409
@@ -45,7 +45,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     db = tmp_path_factory.mktemp("models") / "t.db"
     app = create_app(Settings(db=db, token=TOKEN))
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(app, headers=headers, raise_server_exceptions=False) as client:
+    with local_client(app, headers=headers, raise_server_exceptions=False) as client:
         with client.websocket_connect("/ws/train") as ws:
             _start(ws, RUN)
         with client.websocket_connect("/ws/train") as ws:

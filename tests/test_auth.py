@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from starlette.requests import HTTPConnection
 
 from server.auth import (
     COOKIE,
+    TokenFileError,
     allowed_hosts,
     host_allowed,
     host_name,
@@ -251,12 +253,6 @@ def test_resolve_token_tightens_a_readable_token_file(tmp_path: Path) -> None:
     assert stat.S_IMODE(token_path(db).stat().st_mode) == 0o600
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an empty token file makes resolve_token generate a token, fail O_EXCL on the "
-    "existing file and return the new token without saving it: a new token every start, "
-    "and the file never holds the token in force",
-)
 def test_an_empty_token_file_gets_the_token_in_force(tmp_path: Path) -> None:
     db = tmp_path / "fitdeck.db"
     token_path(db).write_text("\n")
@@ -264,3 +260,51 @@ def test_an_empty_token_file_gets_the_token_in_force(tmp_path: Path) -> None:
     assert token
     assert token_path(db).read_text().strip() == token
     assert resolve_token(Settings(db=db)) == token
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_token_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "fitdeck.db"
+    token_path(db).write_text("planted-token\n")
+    os.chmod(token_path(db), 0o600)
+    os.chown(token_path(db), 65534, 65534)
+    with pytest.raises(TokenFileError, match=r"belongs to uid 65534.*Remove it"):
+        resolve_token(Settings(db=db))
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_token_file_others_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    db = tmp_path / "fitdeck.db"
+    token_path(db).write_text("planted-token\n")
+    os.chmod(token_path(db), mode)
+    with pytest.raises(TokenFileError, match=r"may be written by others"):
+        resolve_token(Settings(db=db))
+
+
+def test_the_database_and_its_wal_are_created_private(tmp_path: Path) -> None:
+    from server.store import Store
+
+    db = tmp_path / "new" / "fitdeck.db"
+    store = Store(db)
+    store.open()
+    try:
+        store.submit(lambda c: c.execute("CREATE TABLE scratch (x)")).result(timeout=10)
+        files = sorted(db.parent.glob("fitdeck.db*"))
+        assert {f.name for f in files} >= {"fitdeck.db", "fitdeck.db-wal", "fitdeck.db-shm"}
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files
+        }
+    finally:
+        store.close()
+
+
+def test_an_existing_open_database_is_made_private(tmp_path: Path) -> None:
+    from server.store import Store
+
+    db = tmp_path / "fitdeck.db"
+    sqlite3.connect(db).close()
+    os.chmod(db, 0o644)
+    store = Store(db)
+    store.open()
+    store.close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600

@@ -366,3 +366,63 @@ def test_works_beside_learning_rate_scheduler_and_tensorboard(
     events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
     sources = [e["data"]["source"] for e in events if e["kind"] == "lr_change"]
     assert sources == ["callback", "callback"]
+
+
+# -- values the server cannot keep ------------------------------------------------------
+
+
+class _Opaque:
+    def __str__(self) -> str:
+        return "opaque-object"
+
+
+@pytest.mark.slow
+def test_params_json_cannot_hold_are_sent_as_text_with_one_warning_and_streaming_goes_on(
+    server: ServerProcess,
+) -> None:
+    import numpy as np
+
+    x, y = make_data(128)
+    model = make_model()
+    params = {"big": 2**70, "path": "/data/\udcff", "np": np.float32(0.5), "obj": _Opaque()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = monitor(server, run_name="odd-params", params=params)
+        history = model.fit(x, y, epochs=2, batch_size=32, callbacks=[mon], verbose=0)
+    run = server.run(mon.run_id)
+    assert run["status"] == "finished"
+    assert run["params"] == {"big": str(2**70), "path": "/data/\\udcff", "np": 0.5,
+                             "obj": "opaque-object"}  # fmt: skip
+    assert server.series(mon.run_id, "epoch", "loss")["value"] == history.history["loss"]
+    assert server.series(mon.run_id, "batch", "loss")["step"] == list(range(1, 9))
+    fitdeck = [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+    assert len(fitdeck) == 1, fitdeck
+    assert "sent as text" in fitdeck[0] and "params['big']" in fitdeck[0]
+    assert "params['path']" in fitdeck[0] and "params['obj']" in fitdeck[0]
+
+
+@pytest.mark.slow
+def test_a_stream_thread_that_meets_an_unexpected_error_says_so_and_goes_on(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from client_callback.stream import Stream
+
+    real = Stream._send_some
+    calls = {"n": 0}
+
+    def flaky(self: Stream, ws: Any) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug nobody expected")
+        return real(self, ws)
+
+    monkeypatch.setattr(Stream, "_send_some", flaky)
+    x, y = make_data(128)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = monitor(server, run_name="flaky-stream")
+        history = make_model().fit(x, y, epochs=2, batch_size=32, callbacks=[mon], verbose=0)
+    assert server.run(mon.run_id)["status"] == "finished"
+    assert server.series(mon.run_id, "epoch", "loss")["value"] == history.history["loss"]
+    fitdeck = [str(w.message) for w in caught if issubclass(w.category, FitdeckWarning)]
+    assert len(fitdeck) == 1 and "RuntimeError: a bug nobody expected" in fitdeck[0], fitdeck

@@ -19,7 +19,7 @@ import pytest
 
 from server.protocol import Rec
 from server.spool import Spool
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port, local_client
 
 
 def clean_env() -> dict[str, str]:
@@ -129,6 +129,19 @@ def test_serve_on_a_busy_port_prints_no_url_and_suggests_another(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_serve_refuses_a_token_file_others_may_write(tmp_path: Path) -> None:
+    token = tmp_path / "f.db.token"
+    token.write_text("planted\n")
+    token.chmod(0o666)
+    out = fitdeck("serve", "--port", "0", "--db", str(tmp_path / "f.db"))
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "?token=" not in out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("fitdeck serve:")]
+    assert f"the token file {token} may be written by others (mode 666)" in line
+    assert "Remove it" in line
+
+
+@pytest.mark.slow
 def test_serve_beside_a_running_fitdeck_says_which_one(
     tmp_path: Path, make_server: Callable[..., ServerProcess]
 ) -> None:
@@ -190,12 +203,10 @@ def test_sync_takes_the_token_of_the_local_server_it_uploads_to(
 
 
 def test_a_wrong_token_in_the_link_gets_the_sign_in_page_with_a_note(tmp_path: Path) -> None:
-    from fastapi.testclient import TestClient
-
     from server import Settings, create_app
 
     app = create_app(Settings(db=tmp_path / "t.db", token="the-token"))
-    with TestClient(app) as browser:
+    with local_client(app) as browser:
         missing = browser.get("/")
         wrong = browser.get("/?token=wrong", follow_redirects=False)
         assert browser.get("/api/runs").status_code == 401  # still not signed in

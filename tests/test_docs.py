@@ -16,6 +16,7 @@ from fastapi.routing import APIWebSocketRoute
 from server import Settings, create_app, protocol
 from server.cli import build_parser
 from server.routes import live_ws, train_ws
+from tests.conftest import local_client
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_API = (ROOT / "docs" / "http_api.md").read_text()
@@ -128,12 +129,11 @@ def test_every_test_the_readme_cites_exists() -> None:
 def documented_open_routes() -> set[str]:
     """The routes docs/http_api.md lists as open without the token (its open-routes table)."""
     table = HTTP_API.split("<!-- open-routes -->", 1)[1].split("<!-- /open-routes -->", 1)[0]
-    return set(re.findall(r"^\| `(GET [^`]+)` \|", table, re.M))
+    return set(re.findall(r"^\| `((?:GET|POST) [^`]+)` \|", table, re.M))
 
 
 def test_the_routes_open_without_the_token_are_the_documented_ones(tmp_path: Path) -> None:
     """Every HTTP route is asked without the token: those that answer are the documented set."""
-    from fastapi.testclient import TestClient
     from starlette.routing import Mount, Route
 
     app = create_app(Settings(db=tmp_path / "d.db", token="the-token-" + "x" * 22))
@@ -154,7 +154,7 @@ def test_the_routes_open_without_the_token_are_the_documented_ones(tmp_path: Pat
     assert ("POST", f"/api/runs/{run_id}/commands") in asked and len(asked) >= 14
 
     open_routes = set()
-    with TestClient(app) as anonymous:
+    with local_client(app) as anonymous:
         for method, path in asked:
             answer = anonymous.request(method, path, json={})
             if answer.status_code != 401:

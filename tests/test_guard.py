@@ -124,6 +124,7 @@ def http(
     path: str = "/x",
     headers: list[tuple[str, str]] | None = None,
     chunks: tuple[bytes, ...] = (b"",),
+    client: tuple[str, int] = ("127.0.0.1", 50000),
 ) -> tuple[int, dict[str, str], Any]:
     scope = {
         "type": "http",
@@ -137,7 +138,7 @@ def http(
         "headers": [
             (k.encode(), v.encode()) for k, v in (headers if headers is not None else [HOST])
         ],
-        "client": ("127.0.0.1", 50000),
+        "client": client,
         "server": ("127.0.0.1", 8000),
     }
     inbox = [
@@ -342,3 +343,30 @@ def test_a_flooding_websocket_is_closed_for_the_rate_limit_and_then_silent() -> 
         "reason": "rate limit: 0.001 frames/s",
     }
     assert len(sent) == 5  # nothing is sent after the close
+
+
+# -- no test-only exemption; logs that cannot be forged -------------------------------------
+
+
+def test_starlettes_test_client_gets_no_host_exemption() -> None:
+    """What TestClient sends by default (or a forwarded `testclient` peer) is a foreign Host."""
+    status, _, body = http(make_guard(), headers=[("host", "testserver")], client=("testclient", 1))
+    assert status == 400 and "DNS rebinding" in body["error"]["message"]
+
+
+def test_a_refused_path_is_logged_with_control_characters_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    forged = "/x\nINFO fitdeck.auth: token accepted\r\x1b[2K"
+    with caplog.at_level("INFO", logger="fitdeck.guard"):
+        status, _, _ = http(make_guard(), path=forged, headers=[("host", "evil.test")])
+    assert status == 400
+    [line] = [r.getMessage() for r in caplog.records if r.name == "fitdeck.guard"]
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "/x\\nINFO fitdeck.auth: token accepted\\r\\x1b[2K" in line
+
+
+def test_log_safe_keeps_printable_text_and_caps_its_length() -> None:
+    assert guard_mod.log_safe("/api/runs/é") == "/api/runs/é"
+    assert guard_mod.log_safe("\udcff\u2028") == "\\udcff\\u2028"
+    assert len(guard_mod.log_safe("a" * 1000)) == 201

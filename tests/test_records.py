@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from server import records as records_mod
 from server.errors import BadRequest
-from server.protocol import MAX_INT, MAX_NAME, MAX_REASON, Rec, dumps
+from server.protocol import MAX_DEPTH, MAX_INT, MAX_NAME, MAX_REASON, Rec, dumps, has_surrogate
 from server.records import validate_records
 
 MAX_KEYS = 8
@@ -276,14 +276,15 @@ def test_any_plain_metric_record_passes_as_sent(
 
 # -- arbitrary input ------------------------------------------------------------------------
 
-# What `server.protocol.loads` can hand over (bounded ints and finite floats; see the
-# xfail tests below for the rest).
+# What `server.protocol.loads` can hand over: any int (digits), ±Infinity (from 1e999),
+# text with lone surrogates (from "\udcff" escapes).
 json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**64), max_value=2**64)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
+    | st.integers()
+    | st.sampled_from([2**63, -(2**63) - 1, 10**400])
+    | st.floats(allow_nan=False)
+    | st.text(st.characters() | st.sampled_from(["\udcff", "\ud800"]), max_size=10),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
@@ -318,16 +319,11 @@ def test_arbitrary_json_is_refused_with_bad_request_or_yields_strict_json(raw: A
     assert all(isinstance(e, str) for e in errors)
     for rec in good:
         assert 1 <= rec["seq"] <= top
-        dumps({k: v for k, v in rec.items() if k != "logs"})
+        dumps({k: v for k, v in rec.items() if k != "logs"}).encode("utf-8")
         assert all(isinstance(v, float) for v in rec.get("logs", {}).values())
+        assert not any(has_surrogate(k) for k in rec.get("logs", {}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: an integer too large for a float (JSON `1e400` spelt as digits) raises "
-    "OverflowError from decode_number/the fast test instead of refusing the record",
-)
 @pytest.mark.parametrize("field", ["t", "epoch", "logs"])
 def test_an_integer_too_large_for_a_float_is_refused(field: str) -> None:
     big = 10**400
@@ -340,12 +336,6 @@ def test_an_integer_too_large_for_a_float_is_refused(field: str) -> None:
     assert cleaned is None and error is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: free-form objects (event data, run_start params/meta, run_end error) may "
-    "hold Infinity parsed from 1e999; validate_records passes them and the writer's strict "
-    "dumps fails, closing the trainer's connection with 1008 instead of refusing one record",
-)
 @pytest.mark.parametrize(
     "record",
     [
@@ -355,7 +345,72 @@ def test_an_integer_too_large_for_a_float_is_refused(field: str) -> None:
     ],
     ids=["event-data", "run-start-params", "run-end-error"],
 )
-def test_a_record_that_passes_survives_strict_dumps(record: dict[str, Any]) -> None:
-    good, _, _ = validate_records([record], MAX_KEYS)
-    for rec in good:
-        dumps(rec)
+def test_a_free_form_object_holding_infinity_is_refused_by_name(
+    record: dict[str, Any],
+) -> None:
+    cleaned, error = one(record)
+    assert cleaned is None and error is not None
+    assert error.startswith("Record 5: ") and "Infinity" in error
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """An object `depth` levels deep (the object itself is level 1)."""
+    out: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        out = {"a": out}
+    return out
+
+
+LONE = "bad-\udcff-name"  # what os.fsdecode makes of the byte 0xff
+
+
+@pytest.mark.parametrize(
+    ("record", "named"),
+    [
+        ({**GOOD["run_start"], "params": nested(MAX_DEPTH + 1)}, "deeper than 32"),
+        ({**GOOD["run_start"], "meta": nested(500)}, "deeper than 32"),
+        ({**GOOD["event"], "data": {"list": [[nested(MAX_DEPTH)]]}}, "deeper than 32"),
+        ({**GOOD["run_start"], "params": {"path": LONE}}, "surrogate"),
+        ({**GOOD["run_start"], "params": {LONE: 1}}, "surrogate"),
+        ({**GOOD["run_start"], "name": LONE}, "surrogate"),
+        ({**GOOD["run_start"], "project": LONE}, "surrogate"),
+        ({**GOOD["event"], "kind": LONE}, "surrogate"),
+        ({**GOOD["lr"], "source": LONE}, "surrogate"),
+        ({**GOOD["run_end"], "error": {"type": "E", "message": LONE}}, "surrogate"),
+        ({**GOOD["batch"], "logs": {LONE: 1.0}}, "surrogate"),
+        ({**GOOD["epoch"], "logs": {"ok": 1.0, LONE: "NaN"}}, "surrogate"),
+        ({**GOOD["run_start"], "params": {"big": 2**63}}, "beyond 64 bits"),
+        ({**GOOD["run_start"], "params": {"big": -(2**63) - 1}}, "beyond 64 bits"),
+        ({**GOOD["event"], "data": {"n": 10**400}}, "beyond 64 bits"),
+        ({**GOOD["batch"], "step": 10**400}, "'step'"),
+        ({**GOOD["batch"], "seq": 10**400}, "'seq'"),
+        ({**GOOD["lr"], "lr": 10**400}, "'lr'"),
+    ],
+)
+def test_records_past_the_documented_limits_are_refused_by_name(
+    record: dict[str, Any], named: str
+) -> None:
+    cleaned, error = one(record)
+    assert cleaned is None and error is not None
+    assert named in error
+    assert not has_surrogate(error)  # the message itself can be sent
+    assert len(error) < 400
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {**GOOD["run_start"], "params": nested(MAX_DEPTH)},
+        {**GOOD["run_start"], "params": {"lo": -(2**63), "hi": 2**63 - 1, "s": "\u00e9\U0001f600"}},
+        {**GOOD["event"], "data": {"v": "Infinity", "w": [1.5, None, True]}},
+    ],
+    ids=["at-the-depth-limit", "edge-ints-and-unicode", "strings-and-scalars"],
+)
+def test_records_at_the_limits_pass_unchanged(record: dict[str, Any]) -> None:
+    cleaned, error = one(copy.deepcopy(record))
+    assert error is None and cleaned == record
+
+
+def test_a_command_reason_with_a_lone_surrogate_is_kept_escaped() -> None:
+    cleaned, _ = one({**GOOD["command"], "reason": LONE})
+    assert cleaned is not None and cleaned["reason"] == "bad-\\udcff-name"

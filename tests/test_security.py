@@ -6,6 +6,7 @@ uvicorn in a thread), spoken to with httpx and the `websockets` sync client.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import uvicorn
-from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -33,7 +33,7 @@ from server import Settings, create_app
 from server.auth import allowed_hosts, token_path
 from server.cli import build_parser, settings_from_args, warn_if_open
 from server.runner import uvicorn_config
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port, local_client
 
 if TYPE_CHECKING:
     from tests.browser import Dashboard
@@ -335,6 +335,9 @@ def test_every_api_route_but_health_needs_the_token(server: ServerProcess, tmp_p
         if path == "/api/health":
             assert httpx.request(method, url).status_code == 200
             continue
+        if path == "/api/logout":  # clears the cookie, carries nothing: open (see test_docs)
+            assert httpx.request(method, url).status_code == 204
+            continue
         for headers in ({}, auth("wrong-" + server.token), {"Cookie": "fitdeck_token=wrong"}):  # type: ignore[operator]
             response = httpx.request(method, url, headers=headers, json=body)
             assert response.status_code == 401, (method, path, headers, response.text)
@@ -367,7 +370,7 @@ def test_tokens_are_compared_in_constant_time(
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
     token = secrets.token_hex(16)
-    with TestClient(create_app(Settings(db=tmp_path / "t.db", token=token))) as c:
+    with local_client(create_app(Settings(db=tmp_path / "t.db", token=token))) as c:
         c.get("/api/runs", headers={"Authorization": "Bearer by-header"})
         c.get("/api/runs", headers={"Cookie": "fitdeck_token=by-cookie"})
         c.get("/?token=by-login", follow_redirects=False)
@@ -825,3 +828,60 @@ def test_script_payloads_in_names_show_as_text_and_never_run(
                 .length"""
         )
         assert injected == 0, "a payload became markup"
+
+
+# -- forwarded headers -----------------------------------------------------------------------
+
+
+def forwarded_peer(tmp_path: Path, **settings: Any) -> tuple[Any, str]:
+    """The peer and scheme the app sees, through uvicorn's own middleware as `fitdeck serve`
+    configures it, for a request from loopback that claims another client."""
+    seen: dict[str, Any] = {}
+
+    async def probe(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(client=scope["client"], scheme=scope["scheme"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn_config(Settings(db=tmp_path / "t.db", **settings))
+    config.app = probe
+    config.load()
+    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
+             "query_string": b"", "headers": [(b"host", b"127.0.0.1"),
+             (b"x-forwarded-for", b"203.0.113.9"), (b"x-forwarded-proto", b"https")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "scheme": "http",
+             "http_version": "1.1", "asgi": {"version": "3.0"}}  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    # Its own thread: a module that drives Chromium keeps an event loop running here.
+    thread = threading.Thread(target=lambda: asyncio.run(config.loaded_app(scope, receive, send)))
+    thread.start()
+    thread.join(10)
+    return seen["client"], seen["scheme"]
+
+
+def test_forwarded_headers_from_loopback_are_ignored_by_default(tmp_path: Path) -> None:
+    """uvicorn alone would believe X-Forwarded-For from 127.0.0.1."""
+    assert forwarded_peer(tmp_path) == (("127.0.0.1", 50000), "http")
+
+
+def test_forwarded_headers_are_believed_from_a_configured_proxy(tmp_path: Path) -> None:
+    client, scheme = forwarded_peer(tmp_path, forwarded_allow_ips=("127.0.0.1",))
+    assert client[0] == "203.0.113.9" and scheme == "https"
+
+
+def test_forwarded_allow_ips_comes_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = build_parser().parse_args(["serve", "--forwarded-allow-ips", "10.0.0.1, 10.1.0.0/16"])
+    assert settings_from_args(args).forwarded_allow_ips == ("10.0.0.1", "10.1.0.0/16")
+    monkeypatch.setenv("FITDECK_FORWARDED_ALLOW_IPS", "192.0.2.7")
+    args = build_parser().parse_args(["serve"])
+    assert settings_from_args(args).forwarded_allow_ips == ("192.0.2.7",)
+    monkeypatch.delenv("FITDECK_FORWARDED_ALLOW_IPS")
+    assert settings_from_args(args).forwarded_allow_ips == ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from server.protocol import Close, Msg, dumps, loads
+from server.protocol import Close, Msg, Rec, dumps, loads
 from server.spool import Spool
 from server.sync import sync
+from tests.conftest import ServerProcess
 
 RUN = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
@@ -225,11 +227,6 @@ def test_a_server_that_does_not_welcome_fails(
     assert result.error is not None and "expected a welcome" in result.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a frame that is not JSON raises FrameError out of sync() (ValueError is "
-    "not among the errors _sync_file catches), aborting the files after it",
-)
 def test_a_server_speaking_garbage_fails_that_file_only(
     tmp_path: Path, tiny: Callable[..., TinyServer]
 ) -> None:
@@ -238,8 +235,13 @@ def test_a_server_speaking_garbage_fails_that_file_only(
         ws.send("<html>")
 
     server = tiny(garbage)
-    [result] = sync(spool_file(tmp_path), url=server.url, timeout=5)
-    assert not result.done and result.error is not None
+    spool_file(tmp_path, RUN)
+    spool_file(tmp_path, OTHER)
+    results = sync(tmp_path, url=server.url, timeout=5)
+    assert [r.run_id for r in results] == sorted([RUN, OTHER])  # the second was tried too
+    for result in results:
+        assert not result.done and result.error is not None
+        assert "not a fitdeck server" in result.error
 
 
 def test_a_header_only_file_is_done_with_nothing_to_send(tmp_path: Path) -> None:
@@ -265,3 +267,27 @@ def test_a_file_not_named_after_its_run_is_refused(
     with pytest.raises(ValueError, match="is not named after its run"):
         sync(path, url="http://127.0.0.1:9")
     assert path.exists()
+
+
+@pytest.mark.slow
+def test_a_spool_holding_what_json_cannot_send_is_uploaded_as_text(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """An older callback spooled params orjson refuses (2**70, a lone surrogate) or the
+    server refuses (2**63 + 5): sync sends them as text, and the run is complete."""
+    run_id = uuid.uuid4().hex
+    path = tmp_path / f"{run_id}.jsonl"
+    params = {"big": 2**70, "u64": 2**63 + 5, "path": "/data/\udcff"}
+    Spool(path, {"run_id": run_id}).append(
+        [{"seq": 1, **Rec.run_start(1.0, "spooled", None, params, {"epochs": 1})}]
+        + [
+            {"seq": s, **Rec.metrics("batch", 1.0 + s, s - 1, 0.0, {"loss": 0.5})}
+            for s in range(2, 12)
+        ]
+    )
+    [result] = sync(path, url=server.url, token=server.token, timeout=20)
+    assert result.done and result.error is None, result
+    run = server.run(run_id)
+    assert run["params"] == {"big": str(2**70), "u64": str(2**63 + 5), "path": "/data/\\udcff"}
+    assert server.series(run_id, "batch", "loss")["step"] == list(range(1, 11))
+    assert not path.exists()

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from server import Settings, create_app, store
 from server.protocol import Close, Msg
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, local_client
 from tests.test_api import RUN, batch, start, status_soon
 
 
@@ -27,7 +27,7 @@ def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Test
     """The app in-process with a writer that gives up waiting on a lock after 0.2 s."""
     monkeypatch.setattr(store, "BUSY_TIMEOUT", 0.2)
     app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN))
-    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+    with local_client(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         yield c
 
 

@@ -114,6 +114,16 @@ async def post_command(
     return JSONResponse({"command": command}, status_code=202)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula (OWASP CSV injection: a
+    leading `'`). Only text cells (metric names) pass here: numbers such as -0.5
+    are written as numbers."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 @router.get("/runs/{run_id}/export.csv")
 def export_csv(run_id: RunId, state: StateDep) -> StreamingResponse:
     run = state.store.get_run(run_id)
@@ -121,11 +131,12 @@ def export_csv(run_id: RunId, state: StateDep) -> StreamingResponse:
 
     def rows() -> Iterator[str]:
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = csv.writer(buf)  # RFC 4180 lines (CRLF): a CR in a name is quoted too
         writer.writerow(["scope", "key", "step", "epoch", "t", "value"])
         for scope, key, points in store.iter_series_points(state.store.path, run["id"]):
+            name = csv_text(key)
             writer.writerows(
-                (scope, key, p.step, p.epoch, p.t, "nan" if p.value is None else p.value)
+                (scope, name, p.step, p.epoch, p.t, "nan" if p.value is None else p.value)
                 for p in points
             )
             yield buf.getvalue()

@@ -266,8 +266,10 @@ async def _receive(
 async def _ack(stored: Awaitable[Changes], top_seq: int, send: Any) -> None:
     try:
         changes = await stored
-    except BadRequest as exc:
-        raise ProtocolError(Close.POLICY, exc.message) from None
+    except BadRequest as exc:  # records of a run not started here: refused, as invalid ones are
+        await send(dumps(Msg.error(exc.message)))
+        await send(dumps(Msg.ack(top_seq)))
+        return
     except (ValueError, OverflowError, sqlite3.IntegrityError) as exc:  # nothing was stored
         raise ProtocolError(Close.POLICY, f"Records could not be stored: {exc}") from None
     await send(dumps(Msg.ack(max(changes.last_seq, top_seq))))

@@ -54,6 +54,14 @@ def index(request: Request, state: StateDep) -> Response:
     return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+@router.post("/api/logout", status_code=204)
+def logout() -> Response:
+    """Forget the browser's sign-in: the cookie is cleared (no token needed to leave)."""
+    response = Response(status_code=204, headers={"Cache-Control": "no-store"})
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
 def wrong_token_page() -> HTMLResponse:
     """The dashboard as a browser without the token sees it (it explains how to sign
     in), with 401 and a note that the link's token was wrong; no cookie is set."""
