@@ -144,10 +144,14 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
         self.run_id = uuid.uuid4().hex
         self.url = url
-        self.run_name = run_name
-        self.project = project
         # What JSON or the server cannot hold (2**70, "\udcff", objects) is sent as text.
         self.user_params, self._unsendable = jsonable(params or {}, "params")
+        names, unsendable_names = jsonable(
+            {"run_name": run_name, "project": project}, "LiveMonitor"
+        )
+        self.run_name: str | None = names["run_name"]
+        self.project: str | None = names["project"]
+        self._unsendable += unsendable_names
         self.flush_timeout = flush_timeout
         self._stream = Stream(
             url,
