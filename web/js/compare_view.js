@@ -1,7 +1,8 @@
 // Several runs overlaid: one chart per metric (or the one picked), one color
 // per run, `val_` dashed beside its metric; the same x axis and smoothing
 // controls as the run page; and a table of the params that differ between the
-// runs. Live like the run page, through the same LiveLoader (loader.js).
+// runs. Live like the run page, through the same LiveLoader (loader.js); the
+// history of all the runs comes in one GET /api/metrics per scope.
 
 import * as api from "./api.js";
 import { themeColors } from "./chart_axes.js";
@@ -9,13 +10,40 @@ import { ChartGrid, chartKey, groupByChart } from "./chart_grid.js";
 import { ChartControls } from "./controls.js";
 import { $, h, replaceChildren } from "./dom.js";
 import { formatValue } from "./format.js";
-import { LiveLoader, fetchHistory, mergeHistory, messageRunId } from "./loader.js";
-import { LR_KEY } from "./protocol.js";
-import { statusBadge } from "./runs_view.js";
+import { LiveLoader, mergeHistory, messageRunId } from "./loader.js";
+import { LR_KEY, SCOPES } from "./protocol.js";
+import { MAX_COMPARE, statusBadge } from "./runs_view.js";
 import { isSetting, settingTail } from "./settings.js";
 import { RunData } from "./store.js";
 
 const MAX_POINTS = { batch: 2000, epoch: 5000 };
+
+/**
+ * Every run's history ({run, series: {batch, epoch}}, null for a run that is gone)
+ * in one GET /api/metrics per scope (per MAX_COMPARE runs): each series comes
+ * downsampled to MAX_POINTS, whatever the runs' length.
+ */
+export async function fetchHistories(ids) {
+  const chunks = [];
+  for (let i = 0; i < ids.length; i += MAX_COMPARE) chunks.push(ids.slice(i, i + MAX_COMPARE));
+  const answers = await Promise.all(
+    chunks.flatMap((chunk) => SCOPES.map((scope) => api.getManyMetrics(chunk, scope, { maxPoints: MAX_POINTS[scope] }))),
+  );
+  const byScope = Object.fromEntries(SCOPES.map((scope) => [scope, {}]));
+  let k = 0;
+  for (const _chunk of chunks) {
+    for (const scope of SCOPES) Object.assign(byScope[scope], answers[k++].runs);
+  }
+  return ids.map((id) => {
+    const entries = SCOPES.map((scope) => byScope[scope][id]);
+    const present = entries.find(Boolean);
+    if (!present) return null;
+    return {
+      run: present.run,
+      series: Object.fromEntries(SCOPES.map((scope, i) => [scope, entries[i] ? entries[i].series : {}])),
+    };
+  });
+}
 
 /** Param rows whose value is not the same in every run: [{key, values: [text per run]}]. */
 export function differingParams(runs) {
@@ -63,7 +91,7 @@ export class CompareView {
       }),
     });
     this.loader = new LiveLoader(live, {
-      fetch: (ids) => Promise.all(ids.map((id) => fetchHistory(id, MAX_POINTS, { lenient: true }))),
+      fetch: (ids) => fetchHistories(ids),
       merge: (histories) => this.merge(histories),
       apply: (message) => this.apply(message),
       ready: () => {
