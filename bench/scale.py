@@ -182,9 +182,9 @@ def runs_page(n_runs: int, repeats: int, workdir: Path) -> tuple[list[Row], dict
             page.wait_for_selector("#runs-body tr")
             for _ in range(repeats):
                 page.goto(server.url + "/?r=" + uuid.uuid4().hex[:6])
-                page.wait_for_function("window.__firstRows !== null", timeout=60_000)
+                page.wait_for_function("() => window.__firstRows !== null", timeout=60_000)
                 first.append(float(page.evaluate("window.__firstRows")))
-                page.wait_for_function("window.fitdeck && window.fitdeck.runsView.loaded")
+                page.wait_for_function("() => window.fitdeck && window.fitdeck.runsView.loaded")
                 for name, q in filters.items():
                     times[name].append(float(page.evaluate(FILTER, [q, want[name]])))
                     page.evaluate(FILTER, ["", n_runs])  # back to every run
