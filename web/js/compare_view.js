@@ -17,6 +17,10 @@ import { isSetting, settingTail } from "./settings.js";
 import { RunData } from "./store.js";
 
 const MAX_POINTS = { batch: 2000, epoch: 5000 };
+// Point markers (epoch scope) for a chart with at most this many points in all: the
+// charts are SVG under the page's CSP, one element per marker, and 20 runs of 1,000
+// epochs would be 20,000 elements to lay out.
+const MAX_MARKERS = 3000;
 
 /**
  * Every run's history ({run, series: {batch, epoch}}, null for a run that is gone)
@@ -312,6 +316,8 @@ export class CompareView {
       const { card, created } = this.charts.ensure(base);
       if (force || created || card.signature !== signature) {
         card.signature = signature;
+        const points = sources.reduce((n, src) => n + src.series.length, 0);
+        card.chart.markers = this.scope === "epoch" && points <= MAX_MARKERS;
         card.chart.setSources(sources);
       }
     }
