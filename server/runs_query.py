@@ -46,6 +46,7 @@ __all__ = [
     "install",
     "matching_ids",
     "page",
+    "select_sql",
     "sizes",
 ]
 
@@ -239,6 +240,18 @@ def decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
 # -- queries -----------------------------------------------------------------------
 
 
+def select_sql(sort: str, descending: bool, clauses: Sequence[str], *, tie: bool = False) -> str:
+    """The SELECT of a page under `clauses`, its LIMIT a parameter. `tie`: the rows of
+    one sort value, ordered by id alone (else SQLite would sort by the value again)."""
+    expr = SORTS[sort]
+    direction = "DESC" if descending else "ASC"
+    sql = f"SELECT *, {expr} AS sort_value FROM runs"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    order = f"id {direction}" if tie else f"{expr} {direction}, id {direction}"
+    return sql + f" ORDER BY {order} LIMIT ?"
+
+
 def page(
     conn: sqlite3.Connection,
     where: RunFilter,
@@ -248,21 +261,16 @@ def page(
     cursor: str | None,
 ) -> tuple[list[sqlite3.Row], str | None, int]:
     """One page of runs, the cursor of the next (None at the end), and the total."""
-    expr = SORTS[sort]
     clauses, args = where.where()
-    direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
 
     def select(
         extra: list[str], extra_args: list[Any], n: int, tie: bool = False
     ) -> list[sqlite3.Row]:
-        sql = f"SELECT *, {expr} AS sort_value FROM runs"
-        if clauses or extra:
-            sql += " WHERE " + " AND ".join([*clauses, *extra])
-        # Within a tie the order is the id's alone (SQLite would sort by `expr` again).
-        order = f"id {direction}" if tie else f"{expr} {direction}, id {direction}"
-        sql += f" ORDER BY {order} LIMIT ?"
+        sql = select_sql(sort, descending, [*clauses, *extra], tie=tie)
         return conn.execute(sql, [*args, *extra_args, n]).fetchall()
 
+    expr = SORTS[sort]
+    beyond = "<" if descending else ">"
     with _budget(conn):
         if cursor is None:
             rows = select([], [], limit + 1)

@@ -274,3 +274,28 @@ def test_bulk_delete_tells_live_dashboards(client: TestClient) -> None:
         got = [ws.receive_json() for _ in expected]
     assert {m["type"] for m in got} == {"run_deleted"}
     assert {m["run_id"] for m in got} == expected
+
+
+@pytest.mark.parametrize("sort", sorted(runs_query.SORTS))
+@pytest.mark.parametrize("descending", [False, True])
+def test_every_page_of_every_sort_is_an_index_search(
+    client: TestClient, sort: str, descending: bool
+) -> None:
+    """EXPLAIN QUERY PLAN: no page scans the table or sorts it, so its cost does not
+    grow with the number of runs."""
+    add_runs(db_of(client), 50)
+    expr, beyond = runs_query.SORTS[sort], "<" if descending else ">"
+    queries = {
+        "first page": (runs_query.select_sql(sort, descending, []), []),
+        "rest of a tie": (
+            runs_query.select_sql(sort, descending, [f"{expr} = ?", f"id {beyond} ?"], tie=True),
+            [1, "a"],
+        ),
+        "beyond the tie": (runs_query.select_sql(sort, descending, [f"{expr} {beyond} ?"]), [1]),
+    }
+    with closing(sqlite3.connect(db_of(client))) as conn:
+        for what, (sql, args) in queries.items():
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", [*args, 10])]
+            assert len(plan) == 1 and "USING INDEX runs_by_" in plan[0], (what, plan)
+            if what != "first page":
+                assert plan[0].startswith("SEARCH"), (what, plan)  # a range, not a scan
