@@ -30,7 +30,15 @@ from pydantic import (
 )
 
 from server.errors import BadRequest
-from server.protocol import MAX_INT, MAX_NAME, RUN_ID_PATTERN, RUN_STATUSES, FrameError, loads
+from server.protocol import (
+    MAX_COMPARE,
+    MAX_INT,
+    MAX_NAME,
+    RUN_ID_PATTERN,
+    RUN_STATUSES,
+    FrameError,
+    loads,
+)
 from server.runs_query import MAX_Q, SORTS, RunFilter
 
 __all__ = [
@@ -139,8 +147,6 @@ class RenameRun(_Body):
 
 MAX_PAGE = 1000
 """Most runs one page of `GET /api/runs` holds."""
-MAX_COMPARE = 50
-"""Most runs one `GET /api/metrics` reads."""
 MAX_POINTS_LIMIT = 20_000
 """Most points per series a metrics route returns."""
 

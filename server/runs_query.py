@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.errors import BadRequest
+from server.protocol import REGEX_CHARS
 
 __all__ = [
     "BYTES_PER_POINT",
@@ -75,7 +76,7 @@ SORTS: dict[str, str] = {
 }
 """`sort` name → the SQL it orders by, written exactly as its index in server.schema."""
 
-_REGEX_CHARS = frozenset(".^$*+?{}[]\\|()")
+_REGEX_CHARS = frozenset(REGEX_CHARS)
 
 
 @dataclass(frozen=True)

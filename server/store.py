@@ -257,6 +257,8 @@ class Store:
 
     def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The runs among `run_ids` that exist, by id."""
+        if not run_ids:
+            return {}
         with self.reader() as conn:
             marks = ",".join("?" * len(run_ids))
             rows = conn.execute(f"SELECT * FROM runs WHERE id IN ({marks})", list(run_ids))

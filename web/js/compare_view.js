@@ -11,8 +11,8 @@ import { ChartControls } from "./controls.js";
 import { $, h, replaceChildren } from "./dom.js";
 import { formatValue } from "./format.js";
 import { LiveLoader, mergeHistory, messageRunId } from "./loader.js";
-import { LR_KEY, SCOPES } from "./protocol.js";
-import { MAX_COMPARE, statusBadge } from "./runs_view.js";
+import { LR_KEY, MAX_COMPARE, SCOPES } from "./protocol.js";
+import { statusBadge } from "./runs_view.js";
 import { isSetting, settingTail } from "./settings.js";
 import { RunData } from "./store.js";
 
@@ -34,10 +34,7 @@ export async function fetchHistories(ids) {
     chunks.flatMap((chunk) => SCOPES.map((scope) => api.getManyMetrics(chunk, scope, { maxPoints: MAX_POINTS[scope] }))),
   );
   const byScope = Object.fromEntries(SCOPES.map((scope) => [scope, {}]));
-  let k = 0;
-  for (const _chunk of chunks) {
-    for (const scope of SCOPES) Object.assign(byScope[scope], answers[k++].runs);
-  }
+  answers.forEach((answer, k) => Object.assign(byScope[SCOPES[k % SCOPES.length]], answer.runs));
   return ids.map((id) => {
     const entries = SCOPES.map((scope) => byScope[scope][id]);
     const present = entries.find(Boolean);

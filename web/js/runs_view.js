@@ -14,15 +14,13 @@ import * as api from "./api.js";
 import { askDelete, askRename } from "./dialogs.js";
 import { $, h, replaceChildren, setText } from "./dom.js";
 import { formatBytes, formatDuration, formatNumber, formatTime, formatValue } from "./format.js";
-import { ENDED, LR_KEY, RUN_STATUSES } from "./protocol.js";
+import { ENDED, LR_KEY, MAX_COMPARE, REGEX_CHARS, RUN_STATUSES } from "./protocol.js";
 
 /** Runs fetched per page. */
 export const PAGE = 100;
-/** Most runs one compare page shows (the server's MAX_COMPARE). */
-export const MAX_COMPARE = 50;
 /** Typing settles this long before the server is asked. */
 const FILTER_DELAY_MS = 40;
-const REGEX_CHARS = /[.^$*+?{}[\]\\|()]/;
+const hasRegexChars = (text) => [...text].some((c) => REGEX_CHARS.includes(c));
 
 // The server's order of statuses for sort=status (server/runs_query.py).
 const STATUS_ORDER = { running: 0, paused: 1, disconnected: 2, failed: 3, stopped: 4, finished: 5 };
@@ -76,7 +74,7 @@ export function statusBadge(el, status) {
 export function filterMatcher({ q, project, status } = {}) {
   let re = null;
   const text = String(q || "");
-  if (text && REGEX_CHARS.test(text)) {
+  if (text && hasRegexChars(text)) {
     try {
       re = new RegExp(text, "i");
     } catch {
@@ -103,7 +101,7 @@ function isRegex(text) {
 
 /** `text` with every regular-expression character escaped (matches itself). */
 export function escapeRegex(text) {
-  return String(text).replace(/[.^$*+?{}[\]\\|()]/g, "\\$&");
+  return [...String(text)].map((c) => (REGEX_CHARS.includes(c) ? `\\${c}` : c)).join("");
 }
 
 /** The value a run sorts by on the server, for sort `key`. */
@@ -227,7 +225,7 @@ export class RunsView {
     const signal = this.abort.signal;
     const filter = this.filter();
     let note = "";
-    if (filter.q && REGEX_CHARS.test(filter.q) && !isRegex(filter.q)) {
+    if (filter.q && hasRegexChars(filter.q) && !isRegex(filter.q)) {
       note = PLAIN_NOTE;
       filter.q = escapeRegex(filter.q);
     }
@@ -271,6 +269,8 @@ export class RunsView {
       this.next = page.next;
       this.total = page.total;
       this.render();
+    } catch (err) {
+      if (seq === this.seq) document.dispatchEvent(new CustomEvent("fitdeck:error", { detail: err }));
     } finally {
       this.loadingMore = false;
     }
