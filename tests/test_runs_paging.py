@@ -299,3 +299,26 @@ def test_every_page_of_every_sort_is_an_index_search(
             assert len(plan) == 1 and "USING INDEX runs_by_" in plan[0], (what, plan)
             if what != "first page":
                 assert plan[0].startswith("SEARCH"), (what, plan)  # a range, not a scan
+
+
+REGEX_ALPHABET = "ab.*+?()|[]{}^$\\0-9,:=!<"
+
+
+@settings(max_examples=300, deadline=None)
+@given(q=st.text(alphabet=REGEX_ALPHABET, min_size=1, max_size=24))
+def test_a_q_the_guard_accepts_costs_little_on_the_worst_name(q: str) -> None:
+    """Any `q` is refused with a message, or is text, or searches a 200-character name
+    built to make it backtrack in well under the time budget."""
+    from server.errors import BadRequest
+
+    try:
+        pattern = runs_query.compile_q(q)
+    except BadRequest as exc:
+        assert exc.message.startswith("Bad value for query.q: ")
+        return
+    if pattern is None:
+        return
+    for name in ("a" * 200, "a" * 199 + "!", "ab" * 100):
+        t0 = time.perf_counter()
+        pattern.search(name)
+        assert time.perf_counter() - t0 < 0.5, (q, name[:10])
