@@ -322,3 +322,28 @@ def test_a_q_the_guard_accepts_costs_little_on_the_worst_name(q: str) -> None:
         t0 = time.perf_counter()
         pattern.search(name)
         assert time.perf_counter() - t0 < 0.5, (q, name[:10])
+
+
+JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.lists(st.sampled_from([*RUN_STATUSES, "done", 1]), max_size=3),
+)  # fmt: skip
+DELETE_BODIES = st.one_of(
+    st.dictionaries(st.sampled_from(["q", "project", "status", "dry_run", "other"]), JSON_VALUES),
+    JSON_VALUES,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(body=DELETE_BODIES)
+def test_any_bulk_delete_body_is_counted_or_a_documented_400(client: TestClient, body: Any) -> None:
+    resp = client.post("/api/runs/delete", json=body)
+    assert resp.status_code in (200, 400), resp.text
+    if resp.status_code == 400:
+        assert resp.json()["error"]["message"]
+        return
+    answer = resp.json()
+    assert answer["deleted"] == 0 and answer["matched"] == 0  # the file holds no run
+    assert answer["dry_run"] == bool(body.get("dry_run"))
