@@ -13,7 +13,8 @@ made under another sort, or one that does not decode, is a 400.
 characters is a substring (`LIKE`, native speed); anything else is a Python
 regular expression (`REGEXP`), refused when its cost could explode (nested
 repetition, backreferences, more than `MAX_REPEATS` repeats, more than `MAX_Q`
-characters) and cut off after `TIME_BUDGET_S` of work.
+characters) and cut off after `TIME_BUDGET_S` of work. A regex is run only on
+the names that hold its longest required literal (`required_text`, by LIKE).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "install",
     "matching_ids",
     "page",
+    "required_text",
     "select_sql",
     "sizes",
 ]
@@ -81,6 +83,7 @@ SORTS: dict[str, str] = {
 """`sort` name → the SQL it orders by, written exactly as its index in server.schema."""
 
 _REGEX_CHARS = frozenset(REGEX_CHARS)
+_FOLDS_BEYOND_ASCII = frozenset("iks")
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,12 @@ class RunFilter:
         args: list[Any] = []
         if self.q:
             pattern = compile_q(self.q)
-            if pattern is None:
-                escaped = self.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            text = self.q if pattern is None else required_text(self.q)
+            if pattern is None or len(text) >= 2:
+                # Native LIKE first: the regex then runs only on names holding its literal.
                 clauses.append("name LIKE ? ESCAPE '\\'")
-                args.append(f"%{escaped}%")
-            else:
+                args.append(f"%{_like_escape(text)}%")
+            if pattern is not None:
                 clauses.append("name REGEXP ?")
                 args.append(self.q)
         if self.project is not None:
@@ -185,6 +189,27 @@ def compile_q(q: str) -> re.Pattern[str] | None:
             f" got {count[0]}."
         )
     return pattern
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@functools.lru_cache(maxsize=64)
+def required_text(q: str) -> str:
+    """The longest run of plain ASCII characters every match of the regex `q` holds
+    (its top-level literals in a row), "" if none: a LIKE on it is a safe prefilter.
+
+    Not i, k or s: ignoring case, Python matches them to U+0130, U+0131, U+212A
+    (Kelvin) and U+017F too, which LIKE (ASCII case only) would not."""
+    best = run = ""
+    for op, av in _sre_parse(q):
+        if str(op) == "LITERAL" and av < 128 and chr(av).lower() not in _FOLDS_BEYOND_ASCII:
+            run += chr(av)
+            best = max(best, run, key=len)
+        else:
+            run = ""
+    return best
 
 
 def _regexp(pattern: str, value: str | None) -> bool:

@@ -8,6 +8,7 @@ streamed through `/ws/train` where what a trainer makes matters.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import string
 import time
@@ -347,3 +348,23 @@ def test_any_bulk_delete_body_is_counted_or_a_documented_400(client: TestClient,
     answer = resp.json()
     assert answer["deleted"] == 0 and answer["matched"] == 0  # the file holds no run
     assert answer["dry_run"] == bool(body.get("dry_run"))
+
+
+def test_a_regex_finds_what_python_finds_with_its_like_prefilter(client: TestClient) -> None:
+    """The LIKE on a regex's required literal drops no name the regex matches, case
+    folding beyond ASCII included (the Kelvin sign, the long s, the dotted I)."""
+    db = db_of(client)
+    add_runs(db, 40, prefix="Sweep_0%")
+    odd = ["\u212aelvin-run", "cla\u017f\u017f-run", "\u0130ndex-run", "100%_done"]
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO runs (id, name, status, created_at, updated_at)"
+            " VALUES (?, ?, 'finished', 1, 1)",
+            [(uuid.uuid4().hex, name) for name in odd],
+        )
+    every = [r["name"] for r in all_runs(client, limit=1000)]
+    for q in ["^kelvin-", "class+-run$", "^index-r.n", r"^sweep_0%-00[1-3]\d$", r"100%_d.ne",
+              "sweep.0%-003[0-9]", "^run"]:  # fmt: skip
+        expected = sorted(n for n in every if re.search(q, n, re.IGNORECASE))
+        assert sorted(r["name"] for r in all_runs(client, q=q, limit=7)) == expected, q
+    assert runs_query.required_text(r"^sweep_0%-00[1-3]\d$") == "weep_0%-00"
