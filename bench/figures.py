@@ -1,4 +1,7 @@
-"""The seven figures. Each function returns table rows and the raw numbers behind them."""
+"""Figures 1 to 7; each function returns table rows and the raw numbers behind them.
+
+Figures 8 and 9, the dashboard at scale, are in bench/scale.py.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +52,10 @@ class Size:
     query_small: int
     query_repeats: int
     memory_seconds: float
+    runs_page_runs: int
+    compare_runs: int
+    compare_points: int
+    browser_repeats: int
 
 
 FULL = Size(
@@ -65,6 +72,10 @@ FULL = Size(
     query_small=10_000,
     query_repeats=15,
     memory_seconds=180,
+    runs_page_runs=100_000,
+    compare_runs=20,
+    compare_points=1_000_000,
+    browser_repeats=5,
 )
 QUICK = Size(
     quick=True,
@@ -80,6 +91,10 @@ QUICK = Size(
     query_small=200,
     query_repeats=3,
     memory_seconds=2,
+    runs_page_runs=2_000,
+    compare_runs=3,
+    compare_points=20_000,
+    browser_repeats=1,
 )
 
 

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import figures
+from bench import figures, scale
 from bench.common import ROOT, SPOOL_DIR, Row
 
 FIGURES: dict[str, str] = {
@@ -35,6 +35,8 @@ FIGURES: dict[str, str] = {
     "5": "Latency: batch end → live subscriber; command → applied",
     "6": "Metrics query scaling, 1M ÷ 10k points",
     "7": "Server memory under load",
+    "8": "Runs page with 100,000 runs in Chromium: first rows, a filter",
+    "9": "Compare 20 runs x 1,000,000 points in Chromium: time to draw",
 }
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds, not minutes)")
     parser.add_argument(
-        "--only", default="1234567", help="which figures to run, e.g. --only 46 (default: all)"
+        "--only", default="123456789", help="which figures to run, e.g. --only 46 (default: all)"
     )
     parser.add_argument(
         "--results", type=Path, default=None,
@@ -162,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             ("5", lambda: figures.latency(size)),
             ("6", lambda: figures.query(size)),
             ("7", lambda: figures.memory(size)),
+            ("8", lambda: scale.runs_page(size.runs_page_runs, size.browser_repeats, work)),
+            (
+                "9",
+                lambda: scale.compare_page(
+                    size.compare_runs, size.compare_points, size.browser_repeats, work
+                ),
+            ),
         ]
         for key, step in steps:
             wanted = set(args.only) & ({"1", "2", "3"} if key == "1" else {key})

@@ -30,18 +30,31 @@ from pydantic import (
 )
 
 from server.errors import BadRequest
-from server.protocol import MAX_NAME, RUN_ID_PATTERN, FrameError, loads
+from server.protocol import (
+    MAX_COMPARE,
+    MAX_INT,
+    MAX_NAME,
+    RUN_ID_PATTERN,
+    RUN_STATUSES,
+    FrameError,
+    loads,
+)
+from server.runs_query import MAX_Q, SORTS, RunFilter
 
 __all__ = [
     "ERROR_RESPONSES",
+    "BulkDelete",
     "Command",
     "ErrorResponse",
     "JsonBody",
+    "MetricsQuery",
     "RenameRun",
     "RunId",
+    "RunsQuery",
     "Scope",
     "SetLrCommand",
     "StopCommand",
+    "bulk_delete_body",
     "command_body",
     "rename_body",
     "validation_error",
@@ -51,6 +64,17 @@ T = TypeVar("T")
 
 Scope = Literal["epoch", "batch"]
 """A metric point's scope: `server.protocol.SCOPES` (the tests check they agree)."""
+
+Status = Literal["running", "paused", "finished", "stopped", "failed", "disconnected"]
+"""A run's status: `server.protocol.RUN_STATUSES` (checked below, at import)."""
+assert set(Status.__args__) == set(RUN_STATUSES), "Status and RUN_STATUSES disagree"  # type: ignore[attr-defined]
+
+SortName = Literal[
+    "started", "-started", "name", "-name", "project", "-project",
+    "status", "-status", "duration", "-duration", "epochs", "-epochs",
+]  # fmt: skip
+"""A runs-list sort: a name of `server.runs_query.SORTS`, `-` first for descending."""
+assert {s.lstrip("-") for s in SortName.__args__} == set(SORTS)  # type: ignore[attr-defined]
 
 RunId = Annotated[
     str,
@@ -117,6 +141,79 @@ class RenameRun(_Body):
         description=f"The new name: 1 to {MAX_NAME} characters once spaces around it are trimmed.",
         examples=["baseline-2"],
     )
+
+
+# -- query parameters --------------------------------------------------------------
+
+MAX_PAGE = 1000
+"""Most runs one page of `GET /api/runs` holds."""
+MAX_POINTS_LIMIT = 20_000
+"""Most points per series a metrics route returns."""
+
+NameFilter = Annotated[str, StringConstraints(max_length=MAX_Q), Storable]
+ProjectName = Annotated[str, StringConstraints(max_length=MAX_NAME), Storable]
+
+
+class _Filter(BaseModel):
+    q: NameFilter | None = Field(
+        None,
+        description="Keep runs whose name matches: plain text (a case-insensitive substring),"
+        " or a regular expression when it holds any of . ^ $ * + ? { } [ ] \\ | ( ).",
+        examples=["lr-0.01", "^sweep-[0-9]+$"],
+    )
+    project: ProjectName | None = Field(None, description="Keep runs of this project.")
+    status: list[Status] = Field(
+        [], description="Keep runs with this status; repeat for several. All if none."
+    )
+
+    def run_filter(self) -> RunFilter:
+        return RunFilter(q=self.q or None, project=self.project, status=tuple(self.status))
+
+
+class RunsQuery(_Filter):
+    """The query parameters of `GET /api/runs`."""
+
+    limit: int = Field(100, ge=1, le=MAX_PAGE, description="Runs per page.")
+    cursor: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
+        None, description="The `next` of the page before; none for the first page."
+    )
+    sort: SortName = Field(
+        "-started", description="Order: started, name, project, status, duration, epochs;"
+        " `-` first for descending."
+    )  # fmt: skip
+
+
+class MetricsQuery(BaseModel):
+    """The query parameters of `GET /api/metrics` (several runs at once)."""
+
+    run_id: list[Annotated[str, StringConstraints(pattern=f"^{RUN_ID_PATTERN}$")]] = Field(
+        min_length=1,
+        max_length=MAX_COMPARE,
+        description=f"A run's id; repeat for several (1 to {MAX_COMPARE}).",
+    )
+    scope: Scope = "epoch"
+    key: list[Annotated[str, StringConstraints(max_length=MAX_NAME)]] = Field(
+        [], description="A metric name; repeat for several. All if none."
+    )
+    max_points: int = Field(2000, ge=2, le=MAX_POINTS_LIMIT)
+    start: int | None = Field(None, ge=0, le=MAX_INT)
+    end: int | None = Field(None, ge=0, le=MAX_INT)
+
+
+class BulkDelete(_Body, _Filter):
+    """The body of `POST /api/runs/delete`: a filter as `GET /api/runs` takes it."""
+
+    dry_run: bool = Field(
+        False, strict=True, description="Only count what would be deleted; delete nothing."
+    )
+
+    def run_filter(self) -> RunFilter:
+        if not (self.q or self.project is not None or self.status):
+            raise BadRequest(
+                "Name a filter (q, project or status) to delete runs by: an empty one"
+                " would delete every run."
+            )
+        return super().run_filter()
 
 
 class JsonBody(Generic[T]):
@@ -200,6 +297,13 @@ command_body: JsonBody[StopCommand | SetLrCommand] = JsonBody(
     Command, {"stop": {"kind": "stop"}, "set_lr": {"kind": "set_lr", "lr": 0.001}}, tag=COMMAND_TAG
 )
 rename_body: JsonBody[RenameRun] = JsonBody(RenameRun, {"rename": {"name": "baseline-2"}})
+bulk_delete_body: JsonBody[BulkDelete] = JsonBody(
+    BulkDelete,
+    {
+        "by_filter": {"q": "^sweep-", "status": ["failed"]},
+        "count_only": {"project": "mnist", "dry_run": True},
+    },
+)
 
 
 # -- errors ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ __all__ = [
     "HELLO_ROLES",
     "LIVE_PATH",
     "LR_KEY",
+    "MAX_COMPARE",
     "MAX_DEPTH",
     "MAX_INT",
     "MAX_NAME",
@@ -44,6 +45,7 @@ __all__ = [
     "NONFINITE",
     "PROTOCOL_VERSION",
     "RECORD_TYPES",
+    "REGEX_CHARS",
     "RUN_ID",
     "RUN_STATUSES",
     "SCOPES",
@@ -131,6 +133,10 @@ MAX_REASON: Final = 1000
 """Longest command `reason` kept."""
 MAX_SUBSCRIPTIONS: Final = 64
 """Most runs one `/ws/live` connection may follow."""
+MAX_COMPARE: Final = 50
+"""Most runs one `GET /api/metrics` reads, and the compare page shows (≤ MAX_SUBSCRIPTIONS)."""
+REGEX_CHARS: Final = ".^$*+?{}[]\\|()"
+"""A runs filter `q` holding one of these is a regular expression, else plain text."""
 MAX_INT: Final = 2**63 - 1
 """Largest integer a record may carry (what SQLite's INTEGER holds)."""
 MIN_INT: Final = -(2**63)
@@ -620,6 +626,8 @@ def browser_constants() -> dict[str, Any]:
         "RUN_ID_PATTERN": RUN_ID_PATTERN,
         "MAX_NAME": MAX_NAME,
         "MAX_SUBSCRIPTIONS": MAX_SUBSCRIPTIONS,
+        "MAX_COMPARE": MAX_COMPARE,
+        "REGEX_CHARS": REGEX_CHARS,
         "LR_KEY": LR_KEY,
         "SETTINGS_META": SETTINGS_META,
         "SCOPES": list(SCOPES),

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 __all__ = [
     "MIGRATIONS",
+    "RUNS_INDEXES",
     "SCHEMA",
     "SCHEMA_V1",
     "SCHEMA_VERSION",
@@ -36,7 +37,7 @@ __all__ = [
 
 log = logging.getLogger("fitdeck.schema")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The newest schema this release knows, and the one it writes."""
 
 SCHEMA_V1 = """
@@ -109,7 +110,25 @@ CREATE INDEX IF NOT EXISTS commands_by_run ON commands (run_id, id);
 """
 """Version 1, the schema of the releases before migrations: frozen, never edit it."""
 
-SCHEMA = """
+RUNS_INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_by_started ON runs (created_at, id);
+CREATE INDEX IF NOT EXISTS runs_by_name ON runs (name COLLATE NOCASE, id);
+CREATE INDEX IF NOT EXISTS runs_by_project ON runs (coalesce(project, ''), id);
+CREATE INDEX IF NOT EXISTS runs_by_status_rank ON runs (
+    (CASE status WHEN 'running' THEN 0 WHEN 'paused' THEN 1 WHEN 'disconnected' THEN 2
+     WHEN 'failed' THEN 3 WHEN 'stopped' THEN 4 WHEN 'finished' THEN 5 ELSE 6 END), id);
+CREATE INDEX IF NOT EXISTS runs_by_duration ON runs (
+    (coalesce(ended_at, updated_at) - created_at), id);
+CREATE INDEX IF NOT EXISTS runs_by_epochs ON runs ((coalesce(epoch, -1)), id);
+CREATE INDEX IF NOT EXISTS runs_by_status_started ON runs (status, created_at, id);
+CREATE INDEX IF NOT EXISTS runs_by_project_started ON runs (project, created_at, id);
+"""
+"""The runs list's indexes (version 3): `server.runs_query` orders by these very
+expressions, which is what lets SQLite walk an index for every sort. The last two
+serve a `status` or `project` filter under the default sort."""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -127,9 +146,9 @@ CREATE TABLE IF NOT EXISTS runs (
     last_metrics TEXT NOT NULL DEFAULT '{}',
     error TEXT
 );
-CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC, id);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
-CREATE TABLE IF NOT EXISTS series (
+"""
+    + RUNS_INDEXES
+    + """CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     scope TEXT NOT NULL,
@@ -180,10 +199,12 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 CREATE INDEX IF NOT EXISTS commands_by_run ON commands (run_id, id);
 """
+)
 """The latest schema (`SCHEMA_VERSION`), what an empty file gets.
 
 Since version 2: `commands.args` holds the JSON arguments of command kinds beyond
-`set_lr` and `stop`; `runs_by_created` and `runs_by_status` serve the paged runs list.
+`set_lr` and `stop`. Since version 3: one index per sort of the paged runs list
+(`RUNS_INDEXES`), each ending in `id` so a page is an index range, never an OFFSET.
 """
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -211,8 +232,16 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)")
 
 
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """The paged runs list's indexes, replacing version 2's two."""
+    conn.execute("DROP INDEX IF EXISTS runs_by_created")
+    conn.execute("DROP INDEX IF EXISTS runs_by_status")
+    _execute_script(conn, RUNS_INDEXES)
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (2, _to_v2),
+    (3, _to_v3),
 ]
 """In order: `(N, step)` takes a version N-1 file to version N."""
 

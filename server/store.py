@@ -27,7 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server import downsample, schema
+from server import downsample, runs_query, schema
 from server.auth import make_private
 from server.downsample import Point
 from server.errors import Conflict, NotFound
@@ -340,6 +340,7 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = _connect(self.path, readonly=True)
+            runs_query.install(conn)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -349,6 +350,56 @@ class Store:
         with self.reader() as conn:
             rows = conn.execute("SELECT * FROM runs ORDER BY created_at DESC").fetchall()
         return [run_dict(r) for r in rows]
+
+    def runs_page(
+        self,
+        where: runs_query.RunFilter,
+        sort: str = "started",
+        descending: bool = True,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None, int]:
+        """One page of the runs list (each run with its `size_bytes`), the next page's
+        cursor (None after the last), and how many runs match in all."""
+        with self.reader() as conn:
+            rows, following, total = runs_query.page(conn, where, sort, descending, limit, cursor)
+            sizes = runs_query.sizes(conn, rows)
+        runs = []
+        for row in rows:
+            run = run_dict(row)
+            run["size_bytes"] = sizes[row["id"]]
+            runs.append(run)
+        return runs, following, total
+
+    def deletable_runs(self, where: runs_query.RunFilter) -> tuple[list[str], int]:
+        """Ids of the runs `where` matches that are not running; how many are running."""
+        with self.reader() as conn:
+            return runs_query.matching_ids(conn, where)
+
+    def stats(self) -> dict[str, Any]:
+        """The database file's size (with its write-ahead log), its runs and projects."""
+        size = 0
+        for suffix in ("", "-wal"):
+            with suppress(FileNotFoundError):
+                size += Path(f"{self.path}{suffix}").stat().st_size
+        with self.reader() as conn:
+            runs = int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+            projects = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT project FROM runs WHERE project IS NOT NULL ORDER BY project"
+                )
+            ]
+        return {"db_bytes": size, "runs": runs, "projects": projects}
+
+    def runs_by_id(self, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The runs among `run_ids` that exist, by id."""
+        if not run_ids:
+            return {}
+        with self.reader() as conn:
+            marks = ",".join("?" * len(run_ids))
+            rows = conn.execute(f"SELECT * FROM runs WHERE id IN ({marks})", list(run_ids))
+            return {row["id"]: run_dict(row) for row in rows.fetchall()}
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         with self.reader() as conn:
@@ -533,6 +584,17 @@ def delete_run(conn: sqlite3.Connection, memory: WriterMemory, run_id: str) -> N
         conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
     conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
     memory.forget(run_id)
+
+
+def delete_runs(conn: sqlite3.Connection, memory: WriterMemory, run_ids: list[str]) -> list[str]:
+    """Delete each run of `run_ids` that still exists and is not running; returns those."""
+    gone = []
+    for run_id in run_ids:
+        row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is not None and row[0] != "running":
+            delete_run(conn, memory, run_id)
+            gone.append(run_id)
+    return gone
 
 
 def iter_series_points(

@@ -40,7 +40,7 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
     assert proc.returncode in (0, 1), proc.stderr[-4000:]
     data = json.loads(raw.read_text())
     rows = data["rows"]
-    assert {r["figure"] for r in rows} == {"1", "2", "3", "4", "5", "6", "7"}
+    assert {r["figure"] for r in rows} == {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
     failed = [r for r in rows if r["value"].startswith("FAILED")]
     assert not failed, failed
 
@@ -69,6 +69,12 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
     memory = data["raw"]["7"]
     assert 0 < memory["start_mib"] <= memory["peak_mib"] < 4096
     assert memory["batches_sent"] > 0 and memory["points_received"] > 0
+
+    runs_page, compare = data["raw"]["8"], data["raw"]["9"]
+    assert all(_finite_positive(ms) for ms in runs_page["first_rows_ms"])
+    assert runs_page["hits"]["text"] > 0 and runs_page["hits"]["regex"] > 0
+    assert all(_finite_positive(ms) for ms in runs_page["filter_ms"]["regex"])
+    assert compare["drawn_points"] > 0 and all(_finite_positive(ms) for ms in compare["batch_ms"])
 
     text = results.read_text()
     for needed in ("nproc", "cpu", "ram", "python", "tensorflow", "keras", "| fig |"):

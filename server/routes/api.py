@@ -6,21 +6,29 @@ import csv
 import io
 import itertools
 import math
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from server import commands, report, store
-from server.deps import Authorized, StateDep
+from server.deps import AppState, Authorized, StateDep
+from server.downsample import Point
 from server.models import (
     ERROR_RESPONSES,
+    MAX_POINTS_LIMIT,
+    BulkDelete,
     Command,
+    MetricsQuery,
     RenameRun,
     RunId,
+    RunsQuery,
     Scope,
     SetLrCommand,
+    bulk_delete_body,
     command_body,
     rename_body,
 )
@@ -31,7 +39,8 @@ __all__ = ["health_router", "router"]
 health_router = APIRouter()
 router = APIRouter(prefix="/api", dependencies=[Authorized], responses=ERROR_RESPONSES)
 
-MAX_POINTS_LIMIT = 20_000
+DELETE_CHUNK = 200
+"""Runs deleted per writer task by `POST /api/runs/delete`: ingest runs between chunks."""
 
 
 @health_router.get("/api/health")
@@ -44,8 +53,72 @@ def health(state: StateDep) -> Response:
 
 
 @router.get("/runs")
-def list_runs(state: StateDep) -> dict[str, Any]:
-    return {"runs": state.store.list_runs()}
+def list_runs(query: Annotated[RunsQuery, Query()], state: StateDep) -> dict[str, Any]:
+    runs, following, total = state.store.runs_page(
+        query.run_filter(),
+        sort=query.sort.removeprefix("-"),
+        descending=query.sort.startswith("-"),
+        limit=query.limit,
+        cursor=query.cursor,
+    )
+    return {"runs": runs, "next": following, "total": total}
+
+
+def _deleter(state: AppState, chunk: list[str]) -> Callable[[sqlite3.Connection], list[str]]:
+    return lambda conn: store.delete_runs(conn, state.store.memory, chunk)
+
+
+@router.post("/runs/delete", openapi_extra=bulk_delete_body.openapi)
+async def delete_runs(
+    body: Annotated[BulkDelete, Depends(bulk_delete_body)], state: StateDep
+) -> dict[str, Any]:
+    where = body.run_filter()
+    ids, running = await run_in_threadpool(state.store.deletable_runs, where)
+    deleted = 0
+    if not body.dry_run:
+        for i in range(0, len(ids), DELETE_CHUNK):
+            gone = await state.store.write(_deleter(state, ids[i : i + DELETE_CHUNK]))
+            for run_id in gone:
+                state.hub.broadcast(Msg.run_deleted(run_id))
+            deleted += len(gone)
+    return {
+        "matched": len(ids) + running,
+        "deleted": deleted,
+        "running": running,
+        "dry_run": body.dry_run,
+    }
+
+
+@router.get("/stats")
+def stats(state: StateDep) -> dict[str, Any]:
+    return state.store.stats()
+
+
+def _series_json(series: dict[str, tuple[list[Point], bool]]) -> dict[str, Any]:
+    return {
+        name: {
+            "step": [p.step for p in points],
+            "epoch": [p.epoch for p in points],
+            "t": [p.t for p in points],
+            "value": [encode_number(p.value) for p in points],
+            "downsampled": downsampled,
+        }
+        for name, (points, downsampled) in series.items()
+    }
+
+
+@router.get("/metrics")
+def many_metrics(query: Annotated[MetricsQuery, Query()], state: StateDep) -> dict[str, Any]:
+    ids = list(dict.fromkeys(query.run_id))
+    runs = state.store.runs_by_id(ids)
+    out = {}
+    for run_id in ids:
+        if run_id in runs:
+            series = state.store.metrics(
+                run_id, query.scope, query.key or None, query.max_points, query.start, query.end
+            )
+            out[run_id] = {"run": runs[run_id], "series": _series_json(series)}
+    return {"scope": query.scope, "runs": out, "missing": [i for i in ids if i not in runs]}
 
 
 @router.get("/runs/{run_id}")
@@ -75,20 +148,7 @@ def metrics(
 ) -> dict[str, Any]:
     state.store.get_run(run_id)  # 404 for an unknown run
     series = state.store.metrics(run_id, scope, key, max_points, start, end)
-    return {
-        "run_id": run_id,
-        "scope": scope,
-        "series": {
-            name: {
-                "step": [p.step for p in points],
-                "epoch": [p.epoch for p in points],
-                "t": [p.t for p in points],
-                "value": [encode_number(p.value) for p in points],
-                "downsampled": downsampled,
-            }
-            for name, (points, downsampled) in series.items()
-        },
-    }
+    return {"run_id": run_id, "scope": scope, "series": _series_json(series)}
 
 
 @router.get("/runs/{run_id}/events")

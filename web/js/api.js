@@ -42,8 +42,8 @@ export class ApiError extends Error {
   }
 }
 
-async function request(path, { method = "GET", body } = {}) {
-  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+async function request(path, { method = "GET", body, signal } = {}) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" }, signal };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -52,6 +52,7 @@ async function request(path, { method = "GET", body } = {}) {
   try {
     response = await fetch(path, init);
   } catch (err) {
+    if (err.name === "AbortError") throw err;
     throw new ApiError(0, `Cannot reach the fitdeck server (${err.message}).`);
   }
   let data = null;
@@ -74,10 +75,56 @@ async function request(path, { method = "GET", body } = {}) {
 
 const runPath = (runId) => `/api/runs/${encodeURIComponent(runId)}`;
 
-/** All runs, newest first. */
-export async function listRuns() {
-  const data = await request("/api/runs");
-  return (data.runs || []).map(decodeRun);
+/** Query parameters of a runs filter ({q, project, status: [...]}), empty ones left out. */
+function filterParams({ q, project, status } = {}) {
+  const params = new URLSearchParams();
+  if (q) params.set("q", q);
+  if (project) params.set("project", project);
+  for (const s of status || []) params.append("status", s);
+  return params;
+}
+
+/**
+ * One page of runs: {runs, next, total}. `filter` {q, project, status}, `sort` such as
+ * "-started", `cursor` the `next` of the page before, `signal` an AbortSignal.
+ */
+export async function listRuns({ filter, sort, limit, cursor, signal } = {}) {
+  const params = filterParams(filter);
+  if (sort) params.set("sort", sort);
+  if (limit) params.set("limit", String(limit));
+  if (cursor) params.set("cursor", cursor);
+  const data = await request(`/api/runs?${params}`, { signal });
+  return { runs: (data.runs || []).map(decodeRun), next: data.next ?? null, total: data.total ?? 0 };
+}
+
+/** Delete the runs a filter matches, running ones excepted: {matched, deleted, running}. */
+export async function deleteRuns(filter, { dryRun = false } = {}) {
+  const body = { ...(filter.q ? { q: filter.q } : {}), dry_run: dryRun };
+  if (filter.project) body.project = filter.project;
+  if (filter.status && filter.status.length) body.status = filter.status;
+  return request("/api/runs/delete", { method: "POST", body });
+}
+
+/** {db_bytes, runs, projects} */
+export async function getStats() {
+  return request("/api/stats");
+}
+
+/**
+ * One scope of many runs in one request: {runs: {id: {run, series}}, missing: [id]},
+ * each series with its values decoded.
+ */
+export async function getManyMetrics(runIds, scope, { keys, maxPoints } = {}) {
+  const params = new URLSearchParams({ scope });
+  for (const id of runIds) params.append("run_id", id);
+  for (const key of keys || []) params.append("key", key);
+  if (maxPoints !== undefined) params.set("max_points", String(maxPoints));
+  const data = await request(`/api/metrics?${params}`);
+  for (const entry of Object.values(data.runs || {})) {
+    decodeRun(entry.run);
+    for (const s of Object.values(entry.series || {})) s.value = s.value.map(decodeNumber);
+  }
+  return { runs: data.runs || {}, missing: data.missing || [] };
 }
 
 /** {run, keys: {batch: [...], epoch: [...]}} */

@@ -1,7 +1,8 @@
 // Several runs overlaid: one chart per metric (or the one picked), one color
 // per run, `val_` dashed beside its metric; the same x axis and smoothing
 // controls as the run page; and a table of the params that differ between the
-// runs. Live like the run page, through the same LiveLoader (loader.js).
+// runs. Live like the run page, through the same LiveLoader (loader.js); the
+// history of all the runs comes in one GET /api/metrics per scope.
 
 import * as api from "./api.js";
 import { themeColors } from "./chart_axes.js";
@@ -9,13 +10,41 @@ import { ChartGrid, chartKey, groupByChart } from "./chart_grid.js";
 import { ChartControls } from "./controls.js";
 import { $, h, replaceChildren } from "./dom.js";
 import { formatValue } from "./format.js";
-import { LiveLoader, fetchHistory, mergeHistory, messageRunId } from "./loader.js";
-import { LR_KEY } from "./protocol.js";
+import { LiveLoader, mergeHistory, messageRunId } from "./loader.js";
+import { LR_KEY, MAX_COMPARE, SCOPES } from "./protocol.js";
 import { statusBadge } from "./runs_view.js";
 import { isSetting, settingTail } from "./settings.js";
 import { RunData } from "./store.js";
 
 const MAX_POINTS = { batch: 2000, epoch: 5000 };
+// Point markers (epoch scope) for a chart with at most this many points in all: the
+// charts are SVG under the page's CSP, one element per marker, and 20 runs of 1,000
+// epochs would be 20,000 elements to lay out.
+const MAX_MARKERS = 3000;
+
+/**
+ * Every run's history ({run, series: {batch, epoch}}, null for a run that is gone)
+ * in one GET /api/metrics per scope (per MAX_COMPARE runs): each series comes
+ * downsampled to MAX_POINTS, whatever the runs' length.
+ */
+export async function fetchHistories(ids) {
+  const chunks = [];
+  for (let i = 0; i < ids.length; i += MAX_COMPARE) chunks.push(ids.slice(i, i + MAX_COMPARE));
+  const answers = await Promise.all(
+    chunks.flatMap((chunk) => SCOPES.map((scope) => api.getManyMetrics(chunk, scope, { maxPoints: MAX_POINTS[scope] }))),
+  );
+  const byScope = Object.fromEntries(SCOPES.map((scope) => [scope, {}]));
+  answers.forEach((answer, k) => Object.assign(byScope[SCOPES[k % SCOPES.length]], answer.runs));
+  return ids.map((id) => {
+    const entries = SCOPES.map((scope) => byScope[scope][id]);
+    const present = entries.find(Boolean);
+    if (!present) return null;
+    return {
+      run: present.run,
+      series: Object.fromEntries(SCOPES.map((scope, i) => [scope, entries[i] ? entries[i].series : {}])),
+    };
+  });
+}
 
 /** Param rows whose value is not the same in every run: [{key, values: [text per run]}]. */
 export function differingParams(runs) {
@@ -63,7 +92,7 @@ export class CompareView {
       }),
     });
     this.loader = new LiveLoader(live, {
-      fetch: (ids) => Promise.all(ids.map((id) => fetchHistory(id, MAX_POINTS, { lenient: true }))),
+      fetch: (ids) => fetchHistories(ids),
       merge: (histories) => this.merge(histories),
       apply: (message) => this.apply(message),
       ready: () => {
@@ -284,6 +313,8 @@ export class CompareView {
       const { card, created } = this.charts.ensure(base);
       if (force || created || card.signature !== signature) {
         card.signature = signature;
+        const points = sources.reduce((n, src) => n + src.series.length, 0);
+        card.chart.markers = this.scope === "epoch" && points <= MAX_MARKERS;
         card.chart.setSources(sources);
       }
     }

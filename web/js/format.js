@@ -83,3 +83,16 @@ export function formatWhere(epoch, batch) {
 export function epochOfProgress(progress) {
   return Number.isFinite(progress) ? Math.floor(progress + 1e-9) + 1 : null;
 }
+
+/** "12.3 MB" for a byte count (powers of 1000, as disks are sold). */
+export function formatBytes(bytes) {
+  if (!Number.isFinite(bytes) || bytes < 0) return "—";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i += 1;
+  }
+  return i === 0 ? `${v} B` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[i]}`;
+}

@@ -15,6 +15,10 @@ export const RUN_ID = new RegExp(`^${RUN_ID_PATTERN}$`);
 export const MAX_NAME = 200;
 /** Most runs one /ws/live connection may follow. */
 export const MAX_SUBSCRIPTIONS = 64;
+/** Most runs one GET /api/metrics reads, and the compare page shows. */
+export const MAX_COMPARE = 50;
+/** A runs filter `q` holding one of these is a regular expression, else plain text. */
+export const REGEX_CHARS = ".^$*+?{}[]\\|()";
 /** The series (and epoch log) holding the learning rate. */
 export const LR_KEY = "learning_rate";
 /**
