@@ -687,7 +687,8 @@ def test_commands_are_validated_against_the_real_server(server: ServerProcess) -
         for body, message in [
             (
                 {"kind": "explode"},
-                "Bad value for body.kind: Input should be 'stop', 'set_lr', 'checkpoint', 'pause', 'resume' or 'set'.",
+                "Bad value for body.kind: Input should be 'stop', 'set_lr', 'checkpoint',"
+                " 'pause', 'resume' or 'set'.",
             ),
             ({"kind": "set_lr"}, "Bad value for body.lr: Field required."),
             (
