@@ -326,3 +326,29 @@ def test_optimizer_user_and_callback_knobs_are_reported_and_set(server: ServerPr
     assert names["reduce_lr_on_plateau"]["state"]["next_lr"] == pytest.approx(0.02 * 0.25)
     saved = names["model_checkpoint"]["state"]
     assert saved["last_file"].endswith("best.keras") and saved["saved_at"] > 0
+
+
+@pytest.mark.slow
+def test_an_optimizer_knob_takes_effect_in_the_compiled_train_step() -> None:
+    """momentum is a Python float baked into the traced step: the knob retraces it."""
+    from client_callback.knobs import discover
+
+    x, y = make_data(256)
+
+    def train(set_momentum: bool) -> Any:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+
+        def on_train_batch_begin(self: Any, batch: int, logs: Any = None) -> None:
+            if batch == 3 and set_momentum:
+                knob = discover(self.model, [], [], scheduled=False)["optimizer.momentum"]
+                knob.put(0.0)
+                assert knob.after is not None
+                knob.after()
+
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False,
+                  callbacks=[callback(on_train_batch_begin=on_train_batch_begin)])  # fmt: skip
+        return model.get_weights()[0]
+
+    assert not np.allclose(train(False), train(True))
