@@ -3,6 +3,9 @@ Checkpoint, Pause/Resume, Stop with a checkpoint first, the knobs and callbacks 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +21,27 @@ if TYPE_CHECKING:
 keras = pytest.importorskip("keras")
 from client_callback import LiveMonitor  # noqa: E402
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_knob_parsing_and_callback_rows_in_node(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("node is needed for the dashboard's JavaScript unit tests")
+        pytest.skip("node is not installed")
+    web_js = tmp_path / "js"  # a copy Node reads as ES modules (package.json "type")
+    shutil.copytree(ROOT / "web" / "js", web_js)
+    (web_js / "package.json").write_text('{"type": "module"}')
+    result = subprocess.run(
+        [node, "--test", str(ROOT / "tests" / "js" / "cockpit.test.mjs")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WEB_JS": web_js.as_uri()},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# fail 0" in result.stdout and "# pass 5" in result.stdout
 
 
 def start(server: ServerProcess, *callbacks: Any, epochs: int, delay: float, **kw: Any) -> Any:
@@ -45,6 +68,8 @@ def command_row(dashboard: Dashboard, kind: str, status: str) -> Any:
     return row.first
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_checkpoint_pause_resume_and_stop_with_a_checkpoint_from_the_dashboard(
     server: ServerProcess, dashboard: Dashboard, tmp_path: Path
 ) -> None:
@@ -89,6 +114,8 @@ def test_checkpoint_pause_resume_and_stop_with_a_checkpoint_from_the_dashboard(
     assert "checkpoint saved" in marks and "paused" in marks and "resumed" in marks
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_patience_raised_in_the_knobs_panel_keeps_early_stopping_from_stopping(
     server: ServerProcess, dashboard: Dashboard
 ) -> None:

@@ -91,12 +91,16 @@ export class KnobPanel {
     );
     $("#knobs").hidden = names.length === 0;
     $("#knobs-empty").hidden = names.length > 0;
-    const chosen = this.select.value;
-    replaceChildren(
-      this.select,
-      names.map((name) => h("option", { value: name }, name)),
-    );
-    if (names.includes(chosen)) this.select.value = chosen;
+    const listed = [...this.select.options].map((o) => o.value);
+    if (listed.join("\n") !== names.join("\n")) {
+      // Rebuilt only when the names change: an open drop-down stays open on each push.
+      const chosen = this.select.value;
+      replaceChildren(
+        this.select,
+        names.map((name) => h("option", { value: name }, name)),
+      );
+      if (names.includes(chosen)) this.select.value = chosen;
+    }
     const run = this.view.run;
     const off = names.length === 0 || !run || ENDED.includes(run.status);
     this.select.disabled = off;
