@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import ServerProcess, callback, make_data, make_model
 
@@ -94,6 +96,70 @@ def test_knobs_that_are_not_variables_or_pairs_are_refused_at_once() -> None:
         LiveMonitor(url="http://127.0.0.1:9", knobs={"dropout": 0.2})
     with pytest.raises(ValueError, match="identifiers"):
         LiveMonitor(url="http://127.0.0.1:9", knobs={"no dots.here": (lambda: 1.0, print)})
+
+
+FAST = settings(deadline=None, database=None, max_examples=100)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@FAST
+@given(json_values, st.sampled_from(["float", "int", "bool"]), st.booleans())
+def test_a_knob_takes_any_value_its_type_allows_and_gives_a_reason_otherwise(
+    value: Any, kind: str, nullable: bool
+) -> None:
+    knob = Knob("user.x", kind, lambda: None, lambda v: None, nullable=nullable)
+    new, reason = knob.coerce(value)
+    if reason is not None:
+        assert new is None and reason.startswith("user.x ")
+    elif new is not None:
+        expected = {"float": float, "int": int, "bool": bool}[kind]
+        assert type(new) is expected
+        if kind == "float":
+            assert np.isfinite(new)
+    else:
+        assert value is None and nullable
+
+
+@FAST
+@given(json_values)
+def test_any_state_event_data_is_stored_or_refused_with_a_message(data: Any) -> None:
+    from server.records import validate_records
+
+    record = {"seq": 1, "type": "event", "t": 1.0, "kind": "state",
+              "data": {"knobs": data, "callbacks": data}}  # fmt: skip
+    good, errors, top = validate_records([record], 256)
+    assert len(good) + len(errors) == 1 and top == 1
+    if errors:
+        assert errors[0].startswith("Record 1: ")
+
+
+@FAST
+@given(json_values, json_values)
+def test_any_set_body_validates_or_is_a_400_naming_the_field(name: Any, value: Any) -> None:
+    from fastapi.exceptions import RequestValidationError
+
+    from server.models import SetCommand, command_body, validation_error
+
+    body = {"kind": "set", "name": name, "value": value}
+    try:
+        parsed = command_body.adapter.validate_python(body)
+    except Exception as exc:
+        assert not isinstance(exc, (TypeError, AttributeError))
+        errors = [command_body._error(e) for e in exc.errors(include_url=False)]  # type: ignore[attr-defined]
+        status, message = validation_error(RequestValidationError(errors).errors())
+        assert status == 400 and message.startswith("Bad value for body.")
+        return
+    assert isinstance(parsed, SetCommand) and parsed.name == name
 
 
 # -- real fits -----------------------------------------------------------------------
