@@ -24,7 +24,7 @@ from typing import Any
 
 import keras
 
-from server.protocol import MAX_NAME
+from server.protocol import MAX_NAME, encode_number
 
 __all__ = ["Knob", "callback_names", "discover", "knob_values", "snake_case"]
 
@@ -56,7 +56,7 @@ class Knob:
         if self.type == "int":
             return int(value)
         number = float(keras.ops.convert_to_numpy(value))
-        return number if math.isfinite(number) else str(number)
+        return encode_number(number)  # NaN and ±Infinity as strict JSON strings
 
     def coerce(self, value: Any) -> tuple[Any, str | None]:
         """`value` in this knob's type, or the reason it cannot be."""

@@ -310,7 +310,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 if reason is not None:
                     self._command_status(command, "rejected", reason, where)
                     return
-                result = {"old": old, "new": self._lr}
+                result = {"old": encode_value(old), "new": encode_value(self._lr)}
             else:
                 self._command_status(command, "rejected", f"unknown command kind {kind!r}", where)
                 return
