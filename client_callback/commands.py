@@ -88,9 +88,10 @@ class Cockpit:
         others = [cb for cb in (found or []) if cb is not me]
         named = knob_mod.callback_names(others)
         self.watcher = Watcher(named)
-        # Called after every watched callback's on_epoch_end, we report then; else at
-        # the next on_epoch_begin (or on_train_end), once they have all had their say.
-        self.last = ours is None or all(
+        # Called after every watched callback's on_epoch_end, we report then; else (or
+        # when the order is unknown) at the next on_epoch_begin or on_train_end, once
+        # they have all had their say.
+        self.last = ours is not None and all(
             i < ours
             for i, cb in enumerate(found or [])
             if any(cb is w for _, w, _ in self.watcher.callbacks)
