@@ -58,6 +58,8 @@ def test_every_message_builder_makes_a_listed_type() -> None:
         "ack": (1,),
         "command": ({"id": 1, "kind": "stop", "lr": None},),
         "error": ("x",),
+        "storage_error": ("x",),
+        "storage": (None,),
         "subscribe": ([],),
         "live_hello": (0.0,),
         "subscribed": ([],),

@@ -1,4 +1,12 @@
-"""`/ws/train`: the callback streams records in, commands go back out."""
+"""`/ws/train`: the callback streams records in, commands go back out.
+
+A record is acknowledged only once it is committed. When writes fail (see
+`server.store`), every connection is told (`storage_error`) and closed with
+1013; what it had sent is stored when storage recovers, and the trainer
+resends the rest after the `welcome` of its next connection. A `hello` from
+an uploader (`"role": "sync"`) never takes the run's command link, and is
+refused while the run has a live trainer.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +26,25 @@ from server import commands, ingest, lifecycle
 from server.deps import AppState, StateDep
 from server.errors import BadRequest
 from server.lifecycle import Changes
-from server.protocol import PROTOCOL_VERSION, RUN_ID, Close, FrameError, Msg, dumps, loads
+from server.protocol import (
+    HELLO_ROLES,
+    PROTOCOL_VERSION,
+    RUN_ID,
+    Close,
+    FrameError,
+    Msg,
+    dumps,
+    loads,
+)
 from server.records import validate_records
+from server.store import StorageUnavailable
 
 __all__ = ["router"]
 
 log = logging.getLogger("fitdeck.train")
 router = APIRouter()
+
+Send = Callable[[str], Awaitable[None]]
 
 HELLO_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 4  # frames being stored while the next is read
@@ -41,6 +61,7 @@ class ProtocolError(Exception):
 async def train_ws(ws: WebSocket, state: StateDep) -> None:
     await ws.accept()  # Host, Origin and token were checked by server.guard.Guard
     run_id: str | None = None
+    trainer = accepted = False
     send_lock = asyncio.Lock()
 
     async def send(text: str) -> None:
@@ -48,17 +69,22 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             await ws.send_text(text)
 
     try:
-        run_id = await _hello(ws)
-        connected = await _store(
-            state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
-        )
-        old = state.trainers.attach(run_id, send)
-        if old is not None:
-            log.info("run %s: a newer connection replaces the previous one", run_id)
-        await send(dumps(Msg.welcome(run_id, connected.last_seq)))
-        for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
-            await send(dumps(Msg.command(command)))
-        await _receive_all(ws, state, run_id, send)
+        run_id, role = await _hello(ws)
+        trainer = role == "trainer"
+        if state.store.trouble is not None:
+            await _storage_close(ws, send, state.store.trouble)
+            return
+        if not trainer and state.trainers.connected(run_id):
+            # Its records reach the server through the trainer; its spool may be in use.
+            reason = f"run {run_id} has a live trainer; sync it after that fit ends"
+            await ws.close(Close.TRY_AGAIN_LATER, reason)
+            return
+        trouble = state.hub.storage_trouble  # the event of this moment: set when writes fail
+        accepted = True
+        # Every write from here on may meet storage trouble: the connection then closes.
+        session = _session(ws, state, run_id, trainer, send)
+        if await _until_trouble(session, trouble):
+            await _storage_close(ws, send, state.hub.storage_reason or "storage trouble")
     except WebSocketDisconnect:
         pass
     except ProtocolError as exc:
@@ -66,16 +92,67 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
         if ws.client_state is WebSocketState.CONNECTED:
             await ws.close(exc.code, exc.reason.encode()[:123].decode(errors="ignore"))
     finally:
-        if run_id is not None:
-            state.trainers.detach(run_id, send)
-            if not state.trainers.connected(run_id):  # only a `running` run is affected
-                await _store(
-                    state,
-                    run_id,
-                    lambda c: lifecycle.mark_disconnected(
-                        c, state.store.memory, run_id, "stream lost"
-                    ),
-                )
+        if run_id is not None and accepted:
+            if trainer:
+                state.trainers.detach(run_id, send)
+            # Only a `running` run is affected; a store closing amid trouble gives up.
+            if not state.trainers.connected(run_id):
+                with contextlib.suppress(StorageUnavailable):
+                    await _store(
+                        state,
+                        run_id,
+                        lambda c: lifecycle.mark_disconnected(
+                            c, state.store.memory, run_id, "stream lost"
+                        ),
+                    )
+
+
+async def _session(ws: WebSocket, state: AppState, run_id: str, trainer: bool, send: Send) -> None:
+    """Welcome the connection (a trainer also takes the command link and hears of
+    unfinished commands), then take its records until it leaves."""
+    if trainer:
+        connected = await _store(
+            state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
+        )
+        if state.trainers.attach(run_id, send) is not None:
+            log.info("run %s: a newer connection replaces the previous one", run_id)
+    else:
+        connected = await _store(
+            state, run_id, lambda c: lifecycle.progress(c, state.store.memory, run_id)
+        )
+    await send(dumps(Msg.welcome(run_id, connected.last_seq)))
+    if trainer:
+        for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
+            await send(dumps(Msg.command(command)))
+    await _receive_all(ws, state, run_id, send)
+
+
+async def _storage_close(ws: WebSocket, send: Send, why: str) -> None:
+    """Tell the trainer its records cannot be stored now, and close: it resends later."""
+    message = (
+        f"The server cannot store records right now ({why}); nothing it did not store is "
+        "acknowledged. Keep them and send them again after a backoff."
+    )
+    with contextlib.suppress(Exception):  # the trainer may be gone already
+        await send(dumps(Msg.storage_error(message)))
+        await ws.close(Close.TRY_AGAIN_LATER, "storage trouble; try again later")
+
+
+async def _until_trouble(work: Awaitable[None], trouble: asyncio.Event) -> bool:
+    """Run `work` until it ends (False; its exception propagates) or `trouble` is set
+    (True: `work` is cancelled; writes it queued still happen)."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(trouble.wait())
+    try:
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, waiter):
+            pending.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+    if task in done and not task.cancelled():
+        task.result()  # raises what ended it
+        return False
+    return True
 
 
 def _submit(
@@ -117,7 +194,7 @@ async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
         raise ProtocolError(Close.POLICY, str(exc)) from None
 
 
-async def _hello(ws: WebSocket) -> str:
+async def _hello(ws: WebSocket) -> tuple[str, str]:
     try:
         hello = await _frame(ws, HELLO_TIMEOUT)
     except TimeoutError:
@@ -134,7 +211,10 @@ async def _hello(ws: WebSocket) -> str:
         raise ProtocolError(
             Close.POLICY, f"run_id must be 32 lowercase hex characters, got {run_id!r}."
         )
-    return run_id
+    role = hello.get("role", "trainer")
+    if role not in HELLO_ROLES:
+        raise ProtocolError(Close.POLICY, f"role must be one of {HELLO_ROLES}, got {role!r}.")
+    return run_id, str(role)
 
 
 async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -> None:
@@ -152,6 +232,10 @@ async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -
             while in_flight and (len(in_flight) >= MAX_IN_FLIGHT or in_flight[0].done()):
                 await in_flight.popleft()
     finally:
+        # Waiting for their acks could last as long as storage trouble: the writes
+        # themselves are queued and happen anyway; a later welcome reports them.
+        for task in in_flight:
+            task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
 
 
