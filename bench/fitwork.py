@@ -207,6 +207,21 @@ def hook(args: dict[str, Any]) -> dict[str, Any]:
     monitor.set_params({"epochs": 1, "steps": calls, "verbose": 0})
     empty = keras.callbacks.Callback()
     empty.set_model(model)
+    # The same hook with the cockpit set up: a user knob and watched callbacks found.
+    box = {"scale": 1.0}
+    watched = [
+        keras.callbacks.EarlyStopping(monitor="loss", patience=3),
+        keras.callbacks.ReduceLROnPlateau(monitor="loss"),
+        keras.callbacks.ModelCheckpoint(str(Path(tempfile.mkdtemp()) / "best.keras")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    knobs = {"scale": (lambda: box["scale"], lambda v: box.update(scale=v))}
+    cockpit = LiveMonitor(
+        url=args["url"], run_name="bench-hook-cockpit", watch=watched, knobs=knobs
+    )
+    cockpit.set_model(model)
+    cockpit.set_params({"epochs": 1, "steps": calls, "verbose": 0})
+    cockpit._cockpit.begin(cockpit, scheduled=False)
     clock = time.perf_counter_ns
 
     def loop(fn: Callable[..., None], clear: Callable[[], None]) -> float:
@@ -223,11 +238,12 @@ def hook(args: dict[str, Any]) -> dict[str, Any]:
         return total / done / 1000.0
 
     buffer = monitor._buffer
-    results: dict[str, list[float]] = {"fitdeck": [], "empty_callback": []}
+    results: dict[str, list[float]] = {"fitdeck": [], "empty_callback": [], "fitdeck_cockpit": []}
     for _ in range(repeats):
         results["fitdeck"].append(loop(monitor.on_train_batch_end, buffer.clear))
         results["empty_callback"].append(loop(empty.on_train_batch_end, lambda: None))
-    return {"calls": calls, "us_per_call": results}
+        results["fitdeck_cockpit"].append(loop(cockpit.on_train_batch_end, cockpit._buffer.clear))
+    return {"calls": calls, "us_per_call": results, "knobs": sorted(cockpit._cockpit.knobs)}
 
 
 # -- figure 5 ------------------------------------------------------------------------------
@@ -273,11 +289,13 @@ def command(args: dict[str, Any]) -> dict[str, Any]:
     x, y = make_data(args["per_epoch"])
     model = make_model()
     model.fit(x[:64], y[:64], batch_size=1, epochs=1, verbose=0)  # compile first
-    monitor = LiveMonitor(url=args["url"], run_name="bench-command")
+    ckpt = tempfile.mkdtemp(prefix="fitdeck-bench-ckpt-")
+    monitor = LiveMonitor(url=args["url"], run_name="bench-command", checkpoint_dir=ckpt)
     clock = BatchClock(args["max_seconds"])
+    stopper = keras.callbacks.EarlyStopping(monitor="loss", patience=10**9)  # a knob to set
     print(json.dumps({"run_id": monitor.run_id}), flush=True)
     t0 = time.time()
-    model.fit(x, y, batch_size=1, epochs=10_000, verbose=0, callbacks=[monitor, clock])
+    model.fit(x, y, batch_size=1, epochs=10_000, verbose=0, callbacks=[monitor, clock, stopper])
     return {"begins": clock.begins, "fit_start": t0, "stopped": bool(model.stop_training)}
 
 

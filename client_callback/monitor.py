@@ -20,9 +20,11 @@ from typing import Any
 
 import keras
 
+from client_callback import commands as cockpit
+from client_callback.knobs import user_knobs
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, SETTINGS_META, Rec, jsonable
+from server.protocol import LR_KEY, MAX_NAME, SETTINGS_META, Rec, encode_value, jsonable
 
 __all__ = ["LiveMonitor"]
 
@@ -95,6 +97,17 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             Defaults to `5.0`.
         ping_timeout: Seconds without an answer to a ping before the link is
             declared dead and reopened. Defaults to `10.0`.
+        checkpoint_dir: Where the `checkpoint` command (and `stop` with
+            `checkpoint`) saves the model, as `<run_id>-step<step>.keras`.
+            Defaults to a `checkpoints` folder beside the spool folder
+            (`~/.cache/fitdeck/checkpoints`).
+        knobs: Your own values the dashboard may set, by name (shown as
+            `user.<name>`): a `keras.Variable`, or a `(get, set)` pair of
+            functions. Defaults to `{}`.
+        watch: The other callbacks whose knobs and state to report. Defaults
+            to those of the same `fit`, found once when training begins.
+        pause_offline_limit: Seconds a paused fit waits while the server is
+            unreachable before it resumes by itself. Defaults to `300.0`.
 
     Raises:
         ValueError: on a malformed `url`, over-long names, `params` that is
@@ -117,6 +130,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         spool_dir: str | os.PathLike[str] | None = None,
         connect_timeout: float = 5.0,
         ping_timeout: float = 10.0,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        knobs: dict[str, Any] | None = None,
+        watch: list[Any] | None = None,
+        pause_offline_limit: float = 300.0,
     ) -> None:
         super().__init__()
         # Read once, here: the hooks never look at the environment or the disk.
@@ -135,6 +152,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             ("flush_timeout", flush_timeout),
             ("connect_timeout", connect_timeout),
             ("ping_timeout", ping_timeout),
+            ("pause_offline_limit", pause_offline_limit),
         ):
             if not number > 0:
                 raise ValueError(f"{name} must be > 0. Received {name}={number!r}.")
@@ -175,6 +193,15 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._stopped_by_command = False
         self._thread_ident: int | None = None
         _watch_fit()
+        if knobs is not None and not isinstance(knobs, dict):
+            raise ValueError(f"knobs must be a dict. Received {type(knobs).__name__}.")
+        self._cockpit = cockpit.Cockpit(
+            self,
+            cockpit.checkpoint_dir_from(checkpoint_dir, self._stream.spool.path.parent),
+            user_knobs(knobs or {}),
+            list(watch) if watch is not None else None,
+            pause_offline_limit,
+        )
 
     # -- the hot path ------------------------------------------------------------
 
@@ -209,9 +236,11 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         )
         lr = self._read_lr()
         self._record_lr(lr, previous=None, source="initial")
+        self._cockpit_call(self._cockpit.begin, self, self._scheduled())
         self._stream.start()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._cockpit_call(self._cockpit.flush)
         self._epoch = epoch
         self._max_batch = -1
         # Schedulers act in on_epoch_begin, possibly after us: look at the first batch.
@@ -225,12 +254,14 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         if LR_KEY not in epoch_logs and self._lr is not None:
             epoch_logs[LR_KEY] = self._lr
         self._stream.put((EPOCH, epoch, self._epoch_base, time.time(), epoch_logs))
+        self._cockpit_call(self._cockpit.epoch_end, epoch, logs)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         model = self.model
         if getattr(model, "stop_training", False) and not self._stopped_by_command:
             self._record(Rec.event(time.time(), "early_stop", {"by": "callback"},
                                    step=self._epoch_base, epoch=self._epoch))  # fmt: skip
+        self._cockpit_call(self._cockpit.flush)
         self._end("stopped" if self._stopped_by_command else "finished", None)
 
     def _end(self, status: str, error: dict[str, str] | None) -> None:
@@ -281,26 +312,40 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self._check_lr(batch)
         while self._inbox:
             self._apply(self._inbox.popleft(), batch)
+        if self._cockpit.paused:  # hold here; the stream thread keeps the link alive
+            self._cockpit.hold(batch)
 
     def _apply(self, command: dict[str, Any], batch: int) -> None:
         where = self._where(batch)
         kind = command.get("kind")
+        result: dict[str, Any] | None = None
         try:
+            if kind in cockpit.COCKPIT_KINDS or (kind == "stop" and command.get("checkpoint")):
+                outcome = self._cockpit.apply(command, batch)
+                if outcome.status == "applied" and kind == "stop":
+                    self._stopped_by_command = True
+                self._command_status(command, outcome.status, outcome.reason, where,
+                                     outcome.result)  # fmt: skip
+                return
             if kind == "stop":
                 self.model.stop_training = True
                 self._stopped_by_command = True
+                self._cockpit.paused = False
+                result = {"epoch": where["epoch"], "batch": batch, "step": where["step"]}
             elif kind == "set_lr":
+                old = self._lr
                 reason = self._set_lr(command, batch)
                 if reason is not None:
                     self._command_status(command, "rejected", reason, where)
                     return
+                result = {"old": encode_value(old), "new": encode_value(self._lr)}
             else:
                 self._command_status(command, "rejected", f"unknown command kind {kind!r}", where)
                 return
         except Exception as exc:  # a command must never raise into fit
             self._command_status(command, "rejected", f"{type(exc).__name__}: {exc}", where)
             return
-        self._command_status(command, "applied", None, where)
+        self._command_status(command, "applied", None, where, result)
 
     def _set_lr(self, command: dict[str, Any], batch: int) -> str | None:
         """Set the learning rate; a reason when it cannot be done."""
@@ -325,9 +370,30 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         return None
 
     def _command_status(
-        self, command: dict[str, Any], status: str, reason: str | None, where: dict[str, Any]
+        self,
+        command: dict[str, Any],
+        status: str,
+        reason: str | None,
+        where: dict[str, Any],
+        result: dict[str, Any] | None = None,
     ) -> None:
-        self._record(Rec.command(time.time(), command.get("id"), status, reason, **where))
+        self._record(
+            Rec.command(time.time(), command.get("id"), status, reason, **where, result=result)
+        )
+
+    def _scheduled(self) -> bool:
+        optimizer = getattr(self.model, "optimizer", None)
+        return optimizer is not None and _schedule_name(optimizer) is not None
+
+    def _cockpit_call(self, fn: Any, *args: Any) -> None:
+        """Knobs and watched callbacks are a report: trouble costs one warning, not the fit."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._stream.warn_once(
+                f"cockpit:{getattr(fn, '__name__', fn)}",
+                f"fitdeck: could not report knobs or callback state: {type(exc).__name__}: {exc}",
+            )
 
     def _where(self, batch: int | None) -> dict[str, Any]:
         """Epoch, batch index and the global step from which something acts."""

@@ -138,6 +138,10 @@ def _command(f: _Frame, rec: dict[str, Any]) -> None:
     if cmd is None:
         return
     f.changes.commands.append(cmd)
+    paused = commands.paused_status(f.conn, f.run_id, cmd)  # pause / resume applied
+    if paused is not None:
+        f.memo.status = paused
+        f.run_changed = True
     if cmd["status"] in FINAL_COMMAND:
         data = {"command_id": cmd["id"], "kind": cmd["kind"], "status": cmd["status"],
                 "reason": cmd["reason"]}  # fmt: skip

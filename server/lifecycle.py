@@ -1,9 +1,12 @@
 """A run's lifecycle on the writer thread: start, end, lost and found again.
 
 `running` → `finished` | `stopped` | `failed` by the trainer's `run_end`;
-`running` → `disconnected` when its stream drops, back to `running` when it
-reconnects, and `failed` (`LostContact`) when it stays away past the grace
-period. A later `fit` of the same LiveMonitor starts the run again.
+`running` ⇄ `paused` by applied `pause` / `resume` commands (a paused trainer
+keeps its connection and heartbeats, so the disconnect grace never runs out on it);
+`running` | `paused` → `disconnected` when its stream drops, back to `running` (or
+`paused`, when it was holding) when it reconnects, and `failed` (`LostContact`)
+when it stays away past the grace period. A later `fit` of the same LiveMonitor
+starts the run again.
 """
 
 from __future__ import annotations
@@ -105,12 +108,13 @@ def mark_connected(conn: sqlite3.Connection, memory: WriterMemory, run_id: str) 
     lost = memo is not None and memo.status == "failed" and _lost_contact(conn, run_id)
     if memo is not None and (memo.status == "disconnected" or lost):
         now = time.time()
+        status = "paused" if _held(conn, run_id) else "running"
         conn.execute(
-            "UPDATE runs SET status = 'running', updated_at = ?, ended_at = NULL, error = NULL"
+            "UPDATE runs SET status = ?, updated_at = ?, ended_at = NULL, error = NULL"
             " WHERE id = ?",
-            (now, run_id),
+            (status, now, run_id),
         )
-        memo.status = "running"
+        memo.status = status
         changes.run = read_run(conn, run_id)
         changes.events.append(_server_event(conn, run_id, now, "reconnected", {}))
     return changes
@@ -128,7 +132,7 @@ def mark_disconnected(
     """A trainer's stream ended without `run_end`."""
     memo = memory.get(conn, run_id)
     changes = Changes(last_seq=memo.last_seq if memo else 0)
-    if memo is not None and memo.status == "running":
+    if memo is not None and memo.status in ("running", "paused"):
         now = time.time()
         conn.execute(
             "UPDATE runs SET status = 'disconnected', updated_at = ? WHERE id = ?", (now, run_id)
@@ -184,6 +188,18 @@ def _server_event(
         (run_id, t, kind, dumps(data)),
     ).fetchone()
     return event_dict(row)
+
+
+def _held(conn: sqlite3.Connection, run_id: str) -> bool:
+    """The trainer is holding at a `pause` (the last applied pause/resume of this fit)."""
+    row = conn.execute(
+        "SELECT kind FROM commands WHERE run_id = ? AND status = 'applied'"
+        " AND kind IN ('pause', 'resume') AND updated_at >= coalesce("
+        "(SELECT max(t) FROM events WHERE run_id = ? AND kind = 'train_begin'), 0)"
+        " ORDER BY id DESC LIMIT 1",
+        (run_id, run_id),
+    ).fetchone()
+    return row is not None and row[0] == "pause"
 
 
 def _lost_contact(conn: sqlite3.Connection, run_id: str) -> bool:

@@ -14,6 +14,7 @@ A new command is one more model with a `kind: Literal[…]` in `Command`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -24,6 +25,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -43,18 +47,24 @@ from server.runs_query import MAX_Q, SORTS, RunFilter
 
 __all__ = [
     "ERROR_RESPONSES",
+    "AnyCommand",
     "BulkDelete",
+    "CheckpointCommand",
     "Command",
     "ErrorResponse",
     "JsonBody",
     "MetricsQuery",
+    "PauseCommand",
     "RenameRun",
+    "ResumeCommand",
     "RunId",
     "RunsQuery",
     "Scope",
+    "SetCommand",
     "SetLrCommand",
     "StopCommand",
     "bulk_delete_body",
+    "command_args",
     "command_body",
     "rename_body",
     "validation_error",
@@ -107,9 +117,15 @@ class _Body(BaseModel):
 
 
 class StopCommand(_Body):
-    """Stop training at the next batch boundary."""
+    """Stop training at the next batch boundary (saving the model first, if asked)."""
 
     kind: Literal["stop"]
+    checkpoint: bool = Field(
+        default=False,
+        strict=True,
+        description="Save a checkpoint (as the `checkpoint` command does), then stop.",
+        examples=[True],
+    )
 
 
 class SetLrCommand(_Body):
@@ -125,8 +141,62 @@ class SetLrCommand(_Body):
     )
 
 
+class CheckpointCommand(_Body):
+    """Save the model (`model.save`) into the callback's `checkpoint_dir`."""
+
+    kind: Literal["checkpoint"]
+
+
+class PauseCommand(_Body):
+    """Hold training at the next batch boundary until `resume` (or `stop`)."""
+
+    kind: Literal["pause"]
+
+
+class ResumeCommand(_Body):
+    """Continue a paused training at the step where it paused."""
+
+    kind: Literal["resume"]
+
+
+KNOB_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+"""`optimizer.momentum`, `early_stopping.patience`, `user.dropout`: dotted identifiers."""
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("Input should be a finite number")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ValueError("Input should be an integer from -(2**63-1) to 2**63-1")
+    return value
+
+
+class SetCommand(_Body):
+    """Set one knob (see the run's `knobs`) from the next batch on."""
+
+    kind: Literal["set"]
+    name: Annotated[str, StringConstraints(strict=True, max_length=MAX_NAME, pattern=KNOB_NAME)] = (
+        Field(
+            description="The knob: `optimizer.<attribute>`, `<callback>.<attribute>`"
+            " or `user.<name>`.",
+            examples=["early_stopping.patience"],
+        )
+    )
+    value: Annotated[StrictBool | StrictInt | StrictFloat | None, AfterValidator(_finite)] = Field(
+        description="The new value: a finite number, `true`/`false`, or `null` (e.g. no"
+        " `baseline`); the callback rejects a type or range the knob does not take.",
+        examples=[5],
+    )
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value}
+
+
 COMMAND_TAG = "kind"
-Command = Annotated[StopCommand | SetLrCommand, Field(discriminator=COMMAND_TAG)]
+AnyCommand = (
+    StopCommand | SetLrCommand | CheckpointCommand | PauseCommand | ResumeCommand | SetCommand
+)
+Command = Annotated[AnyCommand, Field(discriminator=COMMAND_TAG)]
 """The body of `POST /api/runs/{run_id}/commands`, told apart by `kind`."""
 
 
@@ -293,9 +363,30 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-command_body: JsonBody[StopCommand | SetLrCommand] = JsonBody(
-    Command, {"stop": {"kind": "stop"}, "set_lr": {"kind": "set_lr", "lr": 0.001}}, tag=COMMAND_TAG
+command_body: JsonBody[AnyCommand] = JsonBody(
+    Command,
+    {
+        "stop": {"kind": "stop"},
+        "set_lr": {"kind": "set_lr", "lr": 0.001},
+        "stop_checkpoint": {"kind": "stop", "checkpoint": True},
+        "checkpoint": {"kind": "checkpoint"},
+        "pause": {"kind": "pause"},
+        "resume": {"kind": "resume"},
+        "set": {"kind": "set", "name": "early_stopping.patience", "value": 5},
+    },
+    tag=COMMAND_TAG,
 )
+
+
+def command_args(body: AnyCommand) -> dict[str, Any]:
+    """What a command carries besides `kind` and `lr`, as stored in `commands.args`."""
+    if isinstance(body, SetCommand):
+        return body.args()
+    if isinstance(body, StopCommand) and body.checkpoint:
+        return {"checkpoint": True}
+    return {}
+
+
 rename_body: JsonBody[RenameRun] = JsonBody(RenameRun, {"rename": {"name": "baseline-2"}})
 bulk_delete_body: JsonBody[BulkDelete] = JsonBody(
     BulkDelete,

@@ -34,11 +34,13 @@ __all__ = [
     "ENDED",
     "FINAL_COMMAND",
     "HELLO_ROLES",
+    "KNOB_TYPES",
     "LIVE_PATH",
     "LR_KEY",
     "MAX_COMPARE",
     "MAX_DEPTH",
     "MAX_INT",
+    "MAX_KNOBS",
     "MAX_NAME",
     "MAX_SUBSCRIPTIONS",
     "MIN_INT",
@@ -50,6 +52,7 @@ __all__ = [
     "RUN_STATUSES",
     "SCOPES",
     "SETTINGS_META",
+    "STATE_EVENT",
     "TRAIN_PATH",
     "Close",
     "Env",
@@ -158,7 +161,9 @@ draw them as steps and never smooth them."""
 RUN_STATUSES: Final = ("running", "paused", "finished", "stopped", "failed", "disconnected")
 ENDED: Final = frozenset({"finished", "stopped", "failed"})
 """Run statuses after which no command can apply."""
-COMMAND_KINDS: Final = ("stop", "set_lr")
+COMMAND_KINDS: Final = ("stop", "set_lr", "checkpoint", "pause", "resume", "set")
+"""`stop` (optionally with `checkpoint: true`), `set_lr`, `checkpoint`, `pause`,
+`resume`, and `set` (one knob by `name` to `value`): docs/http_api.md, Commands."""
 COMMAND_STATUSES: Final = ("pending", "delivered", "applied", "rejected", "expired")
 """In the order a command moves through them; it never moves back."""
 FINAL_COMMAND: Final = frozenset({"applied", "rejected", "expired"})
@@ -166,6 +171,14 @@ HELLO_ROLES: Final = ("trainer", "sync")
 """Who opens a `/ws/train` connection: the run's live trainer (the default), or an
 uploader of spooled records (`fitdeck sync`), which never takes the command link."""
 RECORD_TYPES: Final = ("run_start", "batch", "epoch", "lr", "command", "event", "run_end")
+STATE_EVENT: Final = "state"
+"""The event kind whose `data` holds the run's knobs and the state of the callbacks
+LiveMonitor watches (`{"knobs": {...}, "callbacks": [...]}`); the newest one is what
+`GET /api/runs/{run_id}` returns as `knobs` and `callbacks`."""
+KNOB_TYPES: Final = ("float", "int", "bool")
+"""The `type` of a knob: what a `set` command's `value` must be."""
+MAX_KNOBS: Final = 200
+"""Most knobs (and most watched callbacks) one state event may carry."""
 
 
 class Close:
@@ -468,8 +481,9 @@ class Msg:
     def command(command: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
         """Server → trainer (`run_id` None): a command to apply, its wire fields only.
         Server → browser (with `run_id`): a command and its current status."""
-        if run_id is None:
-            fields = {"id": command["id"], "kind": command["kind"], "lr": command["lr"]}
+        if run_id is None:  # the body's own fields: `lr`, and the kind's `args`
+            fields = {**(command.get("args") or {}), "id": command["id"],
+                      "kind": command["kind"], "lr": command["lr"]}  # fmt: skip
             return {"type": "command", "command": fields}
         return {"type": "command", "run_id": run_id, "command": dict(command)}
 
@@ -576,10 +590,15 @@ class Rec:
         epoch: int | None = None,
         batch: int | None = None,
         step: int | None = None,
+        result: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A command's new status (see COMMAND_STATUSES), and where it applied."""
-        return {"type": "command", "t": t, "id": command_id, "status": status,
-                "reason": reason, "epoch": epoch, "batch": batch, "step": step}  # fmt: skip
+        """A command's new status (see COMMAND_STATUSES), where it applied, and its
+        outcome (`result`: e.g. path/bytes/step of a checkpoint, old/new of a `set`)."""
+        record = {"type": "command", "t": t, "id": command_id, "status": status,
+                  "reason": reason, "epoch": epoch, "batch": batch, "step": step}  # fmt: skip
+        if result is not None:
+            record["result"] = result
+        return record
 
     @staticmethod
     def event(
@@ -588,6 +607,14 @@ class Rec:
     ) -> dict[str, Any]:  # fmt: skip
         return {"type": "event", "t": t, "kind": kind, "step": step, "epoch": epoch,
                 "data": data}  # fmt: skip
+
+    @staticmethod
+    def state(
+        t: float, knobs: dict[str, Any], callbacks: list[dict[str, Any]], step: int | None = None,
+        epoch: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The run's knobs and its watched callbacks' state: an event of kind STATE_EVENT."""
+        return Rec.event(t, STATE_EVENT, {"knobs": knobs, "callbacks": callbacks}, step, epoch)
 
     @staticmethod
     def run_end(t: float, status: str, error: dict[str, str] | None) -> dict[str, Any]:
@@ -630,6 +657,8 @@ def browser_constants() -> dict[str, Any]:
         "REGEX_CHARS": REGEX_CHARS,
         "LR_KEY": LR_KEY,
         "SETTINGS_META": SETTINGS_META,
+        "STATE_EVENT": STATE_EVENT,
+        "KNOB_TYPES": list(KNOB_TYPES),
         "SCOPES": list(SCOPES),
         "RUN_STATUSES": list(RUN_STATUSES),
         "ENDED": sorted(ENDED),

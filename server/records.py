@@ -15,10 +15,13 @@ from server.errors import BadRequest
 from server.protocol import (
     COMMAND_STATUSES,
     ENDED,
+    KNOB_TYPES,
     MAX_INT,
+    MAX_KNOBS,
     MAX_NAME,
     MAX_REASON,
     RECORD_TYPES,
+    STATE_EVENT,
     decode_number,
     has_surrogate,
     json_problem,
@@ -106,6 +109,20 @@ def _logs(rec: dict[str, Any], max_keys: int) -> dict[str, float]:
     return logs
 
 
+def _state(rec: dict[str, Any], data: dict[str, Any]) -> None:
+    """A `state` event: `knobs` name → {value, type}, `callbacks` a list of objects."""
+    knobs, callbacks = data.get("knobs", {}), data.get("callbacks", [])
+    if not isinstance(knobs, dict) or len(knobs) > MAX_KNOBS:
+        raise _fail(rec, f"'data.knobs' must be an object of at most {MAX_KNOBS} knobs.")
+    for name, knob in knobs.items():
+        if len(name) > MAX_NAME or not isinstance(knob, dict) or knob.get("type") not in KNOB_TYPES:
+            raise _fail(rec, f"knob {name[:40]!r} must be {{value, type}}, type in {KNOB_TYPES}.")
+    if not isinstance(callbacks, list) or len(callbacks) > MAX_KNOBS:
+        raise _fail(rec, f"'data.callbacks' must be a list of at most {MAX_KNOBS} objects.")
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in callbacks):
+        raise _fail(rec, "each of 'data.callbacks' must be an object with a 'name'.")
+
+
 def validate_records(raw: object, max_keys: int) -> tuple[list[dict[str, Any]], list[str], int]:
     """Clean records from a `records` frame, one message per record refused, and the
     highest valid `seq` seen (refused records are acknowledged too: resending them
@@ -170,11 +187,19 @@ def _validate(rec: object, max_keys: int) -> dict[str, Any]:
         out["reason"] = None if reason is None else _reason(reason)
         for name in ("epoch", "batch", "step"):
             out[name] = _int(rec, name, optional=True)
+        result = rec.get("result")
+        if result is not None and not isinstance(result, dict):
+            raise _fail(rec, f"'result' must be an object or null, got {result!r}.")
+        if result is not None:
+            out["result"] = result
     elif kind == "event":
         out["kind"] = _text(rec, "kind")
         out["step"] = _int(rec, "step", optional=True)
         out["epoch"] = _number(rec, "epoch", optional=True)
-        out["data"] = _free_form(rec, "data", rec.get("data", {}))
+        data = _free_form(rec, "data", rec.get("data", {}))
+        if out["kind"] == STATE_EVENT:
+            _state(rec, data)
+        out["data"] = data
     elif kind == "run_start":
         out["name"] = _text(rec, "name")
         out["project"] = _text(rec, "project", optional=True)

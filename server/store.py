@@ -32,7 +32,7 @@ from server.auth import make_private
 from server.downsample import Point
 from server.errors import Conflict, NotFound
 from server.memory import WriterMemory
-from server.protocol import load_stored
+from server.protocol import STATE_EVENT, load_stored
 
 __all__ = ["BUSY_TIMEOUT", "StorageUnavailable", "Store", "is_storage_failure"]
 
@@ -424,6 +424,16 @@ class Store:
             ).fetchall()
         return [event_dict(r) for r in rows]
 
+    def run_state(self, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The run's knobs and watched callbacks: its newest `STATE_EVENT` event's data."""
+        with self.reader() as conn:
+            row = conn.execute(
+                "SELECT data FROM events WHERE run_id = ? AND kind = ? ORDER BY id DESC LIMIT 1",
+                (run_id, STATE_EVENT),
+            ).fetchone()
+        data = json.loads(row[0]) if row is not None else {}
+        return data.get("knobs", {}), data.get("callbacks", [])
+
     def commands(self, run_id: str) -> list[dict[str, Any]]:
         with self.reader() as conn:
             rows = conn.execute(
@@ -544,8 +554,17 @@ def event_dict(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
+RESULT_KEY = "result"
+"""Where `commands.args` keeps the command's outcome, beside its arguments."""
+
+
 def command_dict(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row has no items())
+    """A command row; its `args` JSON split into `args` and `result` (None until known)."""
+    out = {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row has no items())
+    args = json.loads(out.get("args") or "{}")
+    out[RESULT_KEY] = args.pop(RESULT_KEY, None)
+    out["args"] = args
+    return out
 
 
 # -- run management (write functions for `Store.write`) and full exports ------------
@@ -572,9 +591,9 @@ def delete_run(conn: sqlite3.Connection, memory: WriterMemory, run_id: str) -> N
     row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
         raise NotFound(f"No run with id {run_id!r}.")
-    if row[0] == "running":
+    if row[0] in ("running", "paused"):
         raise Conflict(
-            f"Run {run_id!r} is running; stop it (or let it end) before deleting it,"
+            f"Run {run_id!r} is {row[0]}; stop it (or let it end) before deleting it,"
             " or its trainer would write into it again."
         )
     own_series = "series_id IN (SELECT id FROM series WHERE run_id = ?)"

@@ -146,7 +146,11 @@ def test_metrics_are_downsampled_keeping_extremes_and_nan(client: TestClient) ->
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"kind": "reboot"}, 400, "body.kind: Input should be 'stop' or 'set_lr'"),
+        (
+            {"kind": "reboot"},
+            400,
+            "body.kind: Input should be 'stop', 'set_lr', 'checkpoint', 'pause', 'resume' or 'set'",
+        ),
         ({"kind": "set_lr"}, 400, "body.lr: Field required"),
         ({"kind": "set_lr", "lr": -0.1}, 400, "body.lr: Input should be greater than 0"),
         (

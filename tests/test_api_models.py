@@ -92,7 +92,7 @@ def bad(where: str, problem: str, received: str) -> str:
     return f"Bad value for {where}: {problem}. Received {received}."
 
 
-KINDS = "Input should be 'stop' or 'set_lr'"
+KINDS = "Input should be 'stop', 'set_lr', 'checkpoint', 'pause', 'resume' or 'set'"
 NUMBER = "Input should be a valid number"
 REQUIRED = "Field required"
 UNEXPECTED = "Unexpected field"
@@ -328,7 +328,14 @@ def test_openapi_shows_the_models_and_the_error_shape(tmp_path: Path) -> None:
     paths = schema["paths"]
     post = paths["/api/runs/{run_id}/commands"]["post"]
     body = post["requestBody"]["content"]["application/json"]["schema"]
-    assert [m["title"] for m in body["oneOf"]] == ["StopCommand", "SetLrCommand"]
+    assert [m["title"] for m in body["oneOf"]] == [
+        "StopCommand",
+        "SetLrCommand",
+        "CheckpointCommand",
+        "PauseCommand",
+        "ResumeCommand",
+        "SetCommand",
+    ]
     lr = body["oneOf"][1]["properties"]["lr"]
     assert lr["type"] == "number" and lr["exclusiveMinimum"] == 0
     assert "$defs" not in json.dumps(post)

@@ -63,6 +63,9 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
     latency, command = data["raw"]["5"]["live"], data["raw"]["5"]["command"]
     assert latency["samples"] > 0 and 0 < latency["p50_ms"] <= latency["p95_ms"] < 60_000
     assert command["applied"] == command["sent"] > 0 and command["stopped"]
+    kinds = {"set_lr", "checkpoint", "set", "pause", "resume", "stop"}
+    assert set(command["per_kind"]) == kinds and command["kinds_applied"] == command["kinds_sent"]
+    assert data["raw"]["1"]["hook"]["us_per_call"]["fitdeck_cockpit"]
     assert _finite_positive(command["p50_ms"]) and _finite_positive(command["batch_ms"])
     query = data["raw"]["6"]
     assert query["returned"]["big"] <= 2000

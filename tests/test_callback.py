@@ -286,7 +286,8 @@ def test_a_wrong_token_is_one_clear_warning_and_the_records_are_kept(
     path = tmp_path / f"{mon.run_id}.jsonl"
     assert str(path) in ours[0] and "fitdeck sync" in ours[0]
     spooled = path.read_text().splitlines()
-    assert len(spooled) - 1 == 1 + 1 + 8 + 2 + 1  # run_start, lr, batches, epochs, run_end
+    # run_start, lr, state, batches, epochs and their states, run_end
+    assert len(spooled) - 1 == 1 + 1 + 1 + 8 + 2 * 2 + 1
 
 
 @pytest.mark.slow

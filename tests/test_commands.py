@@ -204,3 +204,109 @@ def test_any_sequence_of_reports_only_moves_a_command_forward(reports: list[str]
         row = conn.execute("SELECT status FROM commands WHERE id = ?", (cid,)).fetchone()
         assert row[0] == current
     conn.close()
+
+
+# -- the cockpit kinds: args, results, pause ------------------------------------------------
+
+
+def create_with(store: Store, kind: str, args: dict[str, Any]) -> Any:
+    return write(store, lambda c: commands.create_command(c, RUN, kind, None, args))
+
+
+def run_status(store: Store) -> str:
+    return str(store.get_run(RUN)["status"])
+
+
+def test_args_are_stored_and_go_to_the_trainer_as_the_bodys_fields(store: Store) -> None:
+    from server.protocol import Msg
+
+    begin(store)
+    command = create_with(store, "set", {"name": "early_stopping.patience", "value": 5})
+    assert command["args"] == {"name": "early_stopping.patience", "value": 5}
+    assert command["result"] is None
+    assert Msg.command(command)["command"] == {
+        "id": command["id"], "kind": "set", "lr": None,
+        "name": "early_stopping.patience", "value": 5,
+    }  # fmt: skip
+    assert store.commands(RUN)[0]["args"] == command["args"]
+
+
+def test_the_result_of_an_applied_command_is_kept_beside_its_args(store: Store) -> None:
+    begin(store)
+    command = create_with(store, "stop", {"checkpoint": True})
+    result = {"epoch": 0, "batch": 2, "step": 2, "path": "/tmp/x.keras", "bytes": 10}
+    record = {**report(2, command["id"], "applied"), "result": result}
+    ingest(store, [record])
+    [stored] = store.commands(RUN)
+    assert stored["status"] == "applied" and stored["result"] == result
+    assert stored["args"] == {"checkpoint": True}
+
+
+def test_a_result_too_long_to_keep_is_replaced_by_a_note(store: Store) -> None:
+    begin(store)
+    command = create_with(store, "checkpoint", {})
+    record = {**report(2, command["id"], "applied"), "result": {"path": "x" * 5000}}
+    ingest(store, [record])
+    assert "not kept" in store.commands(RUN)[0]["result"]["note"]
+
+
+def test_an_applied_pause_pauses_the_run_and_resume_runs_it_again(store: Store) -> None:
+    begin(store)
+    pause = create_with(store, "pause", {})
+    changes = ingest(store, [report(2, pause["id"], "delivered")])
+    assert run_status(store) == "running" and changes.run is None
+    changes = ingest(store, [report(3, pause["id"], "applied")])
+    assert run_status(store) == "paused"
+    assert changes.run is not None and changes.run["status"] == "paused"  # pushed to browsers
+    resume = create_with(store, "resume", {})
+    changes = ingest(store, [report(4, resume["id"], "applied")])
+    assert run_status(store) == "running" and changes.run is not None
+
+
+def test_a_rejected_pause_leaves_the_run_running(store: Store) -> None:
+    begin(store)
+    pause = create_with(store, "pause", {})
+    ingest(store, [report(2, pause["id"], "rejected", "already paused")])
+    assert run_status(store) == "running"
+
+
+def test_a_paused_run_that_loses_its_stream_and_comes_back_is_paused_again(store: Store) -> None:
+    from server.lifecycle import close_lost_runs, mark_connected, mark_disconnected
+
+    begin(store)
+    pause = create_with(store, "pause", {})
+    ingest(store, [report(2, pause["id"], "applied")])
+    write(store, lambda c: mark_disconnected(c, store.memory, RUN, "stream lost"))
+    assert run_status(store) == "disconnected"
+    write(store, lambda c: mark_connected(c, store.memory, RUN))
+    assert run_status(store) == "paused"
+    assert not write(store, lambda c: close_lost_runs(c, store.memory, 0.0)), (
+        "a connected paused run is never lost"
+    )
+    assert run_status(store) == "paused"
+
+
+def test_the_newest_state_event_is_the_runs_knobs_and_callbacks(store: Store) -> None:
+    begin(store)
+    old = Rec.state(2.0, {"optimizer.momentum": {"value": 0.9, "type": "float"}}, [], step=1)
+    cb = [{"name": "early_stopping", "class": "EarlyStopping", "state": {"wait": 1}}]
+    new = Rec.state(3.0, {"optimizer.momentum": {"value": 0.5, "type": "float"}}, cb, step=2)
+    ingest(store, [{**old, "seq": 2}, {**new, "seq": 3}])
+    knobs, callbacks = store.run_state(RUN)
+    assert knobs == {"optimizer.momentum": {"value": 0.5, "type": "float"}}
+    assert callbacks == cb
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"knobs": [], "callbacks": []},
+        {"knobs": {"a.b": {"value": 1, "type": "string"}}, "callbacks": []},
+        {"knobs": {}, "callbacks": [{"class": "EarlyStopping"}]},
+        {"knobs": {}, "callbacks": {}},
+    ],
+)
+def test_a_malformed_state_event_is_refused(data: dict[str, Any]) -> None:
+    record = {**Rec.event(1.0, "state", data), "seq": 1}
+    good, errors, _ = validate_records([record], 256)
+    assert not good and len(errors) == 1 and "Record 1" in errors[0]

@@ -237,9 +237,10 @@ def test_server_that_never_answers_costs_one_warning_not_a_stall(
     if connect_timeout < 2:
         assert message.startswith("fitdeck: cannot stream to ws://127.0.0.1:"), message
     else:
-        assert message.startswith("fitdeck: 54 records did not reach http://127.0.0.1:"), message
+        assert message.startswith("fitdeck: 58 records did not reach http://127.0.0.1:"), message
     spooled = path.read_text().splitlines()
-    assert len(spooled) - 1 == 1 + 1 + 48 + 3 + 1  # run_start, lr, batches, epochs, run_end
+    # run_start, lr, state, batches, epochs and their states, run_end
+    assert len(spooled) - 1 == 1 + 1 + 1 + 48 + 3 * 2 + 1
 
 
 def test_dead_link_is_detected_by_the_ping_timeout(tmp_path: Path) -> None:

@@ -259,6 +259,7 @@ REC_CALLS = {
     "lr": lambda: Rec.lr(1.0, 3, 0.5, np.float32("nan"), None, "schedule", command_id=4),
     "command": lambda: Rec.command(1.0, 4, "applied", epoch=0, batch=1, step=2),
     "event": lambda: Rec.event(1.0, "note", {"x": 1}),
+    "state": lambda: Rec.state(1.0, {"user.x": {"value": 1, "type": "int"}}, [], step=3),
     "run_end": lambda: Rec.run_end(1.0, "failed", {"type": "E", "message": "m"}),
 }
 

@@ -225,7 +225,7 @@ def test_writes_work_after_the_upgrade(store: Store) -> None:
     loss = store.metrics(DISCONNECTED, "batch", ["loss"], 1000)["loss"][0]
     assert len(loss) == 42 and loss[-1].value == math.inf
     command = store.submit(lambda c: create_command(c, DISCONNECTED, "stop", None)).result()
-    assert command["args"] == "{}"
+    assert command["args"] == {} and command["result"] is None
     assert store.commands(DISCONNECTED)[-1]["id"] == command["id"]
 
 

@@ -688,7 +688,11 @@ def test_commands_are_validated_against_the_real_server(server: ServerProcess) -
     url = f"/api/runs/{run_id}/commands"
     with ws:
         for body, message in [
-            ({"kind": "explode"}, "Bad value for body.kind: Input should be 'stop' or 'set_lr'."),
+            (
+                {"kind": "explode"},
+                "Bad value for body.kind: Input should be 'stop', 'set_lr', 'checkpoint',"
+                " 'pause', 'resume' or 'set'.",
+            ),
             ({"kind": "set_lr"}, "Bad value for body.lr: Field required."),
             (
                 {"kind": "set_lr", "lr": "0.1"},

@@ -29,6 +29,7 @@ from server.models import (
     Scope,
     SetLrCommand,
     bulk_delete_body,
+    command_args,
     command_body,
     rename_body,
 )
@@ -124,7 +125,9 @@ def many_metrics(query: Annotated[MetricsQuery, Query()], state: StateDep) -> di
 @router.get("/runs/{run_id}")
 def get_run(run_id: RunId, state: StateDep) -> dict[str, Any]:
     run = state.store.get_run(run_id)
-    return {"run": run, "keys": state.store.run_keys(run_id)}
+    knobs, callbacks = state.store.run_state(run_id)
+    return {"run": run, "keys": state.store.run_keys(run_id), "knobs": knobs,
+            "callbacks": callbacks}  # fmt: skip
 
 
 @router.get("/runs/{run_id}/metrics")
@@ -168,7 +171,10 @@ async def post_command(
     run_id: RunId, body: Annotated[Command, Depends(command_body)], state: StateDep
 ) -> Response:
     lr = body.lr if isinstance(body, SetLrCommand) else None
-    command = await state.store.write(lambda c: commands.create_command(c, run_id, body.kind, lr))
+    args = command_args(body)
+    command = await state.store.write(
+        lambda c: commands.create_command(c, run_id, body.kind, lr, args)
+    )
     state.hub.to_run(run_id, Msg.command(command, run_id))
     await state.trainers.send_command(run_id, command)
     return JSONResponse({"command": command}, status_code=202)

@@ -26,12 +26,16 @@ export const LR_KEY = "learning_rate";
  * until changed): drawn as steps, never smoothed. LR_KEY always is one.
  */
 export const SETTINGS_META = "settings";
+/** The event kind holding the run's knobs and watched callbacks' state. */
+export const STATE_EVENT = "state";
+/** A knob's `type`: what a `set` command's value must be. */
+export const KNOB_TYPES = Object.freeze(["float", "int", "bool"]);
 
 export const SCOPES = Object.freeze(["epoch", "batch"]);
 export const RUN_STATUSES = Object.freeze(["running", "paused", "finished", "stopped", "failed", "disconnected"]);
 /** Run statuses after which no command can apply (sorted). */
 export const ENDED = Object.freeze(["failed", "finished", "stopped"]);
-export const COMMAND_KINDS = Object.freeze(["stop", "set_lr"]);
+export const COMMAND_KINDS = Object.freeze(["stop", "set_lr", "checkpoint", "pause", "resume", "set"]);
 /** In the order a command moves through them; it never moves back. */
 export const COMMAND_STATUSES = Object.freeze(["pending", "delivered", "applied", "rejected", "expired"]);
 /** Command statuses nothing follows (sorted). */

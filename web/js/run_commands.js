@@ -36,12 +36,24 @@ export class CommandList {
   }
 }
 
+/** What a command asks, in words ("set early_stopping.patience → 5"). */
+function commandWhat(c) {
+  const args = c.args || {};
+  if (c.kind === "set_lr") return `set LR → ${formatLr(c.lr)}`;
+  if (c.kind === "set") return `set ${args.name} → ${JSON.stringify(args.value)}`;
+  if (c.kind === "stop" && args.checkpoint) return "checkpoint and stop";
+  return c.kind;
+}
+
 function commandRow(c) {
-  const what = c.kind === "set_lr" ? `set LR → ${formatLr(c.lr)}` : c.kind;
+  const what = commandWhat(c);
   let detail = "";
   const where = formatWhere(c.epoch, c.batch); // 1-based, as the progress card counts
   if (c.status === "applied") {
     detail = where || "applied";
+    const r = c.result || {};
+    if (r.path) detail += ` · saved ${r.path}`;
+    if (c.kind === "set" && "old" in r) detail += ` · ${JSON.stringify(r.old)} → ${JSON.stringify(r.new)}`;
   } else if (FINAL_COMMAND.includes(c.status)) {
     detail = c.reason || "";
   }

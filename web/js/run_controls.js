@@ -1,5 +1,6 @@
-// The controls card of the run page: stop training (after a confirmation)
-// and set the learning rate. Both POST a command; its progress shows in the
+// The controls card of the run page: stop training (after a confirmation,
+// optionally saving a checkpoint first), save a checkpoint, pause and resume,
+// and set the learning rate. Each POSTs a command; its progress shows in the
 // commands table (run_commands.js).
 //
 // Guards (lr.js): a learning rate more than LR_CONFIRM_FACTOR times away from
@@ -22,6 +23,7 @@ export class RunControls {
     this.input = $("#lr-input");
     this.wireStop();
     this.wireLr();
+    this.wireCockpit();
   }
 
   /** A run was opened. */
@@ -37,6 +39,12 @@ export class RunControls {
     const ended = !run || ENDED.includes(run.status);
     const locked = lrLockedReason(run);
     $("#stop-button").disabled = ended;
+    $("#checkpoint-button").disabled = ended;
+    const pause = $("#pause-button");
+    const paused = !!run && run.status === "paused";
+    pause.disabled = ended;
+    pause.setAttribute("aria-pressed", String(paused));
+    setText(pause, paused ? "Resume" : "Pause");
     this.input.disabled = ended || locked !== null;
     $("#lr-submit").disabled = ended || locked !== null;
     const note = $("#lr-locked");
@@ -63,12 +71,24 @@ export class RunControls {
       const run = this.view.run;
       if (!run) return;
       setText($("#stop-dialog-run"), run.name || run.id);
+      $("#stop-checkpoint").checked = false;
       dialog.showModal();
     });
     $("#cancel-stop").addEventListener("click", () => dialog.close("cancel"));
     $("#confirm-stop").addEventListener("click", () => {
       dialog.close("confirm");
-      this.send({ kind: "stop" }, "Stop");
+      if ($("#stop-checkpoint").checked) this.send({ kind: "stop", checkpoint: true }, "Checkpoint and stop");
+      else this.send({ kind: "stop" }, "Stop");
+    });
+  }
+
+  wireCockpit() {
+    $("#checkpoint-button").addEventListener("click", () => this.send({ kind: "checkpoint" }, "Checkpoint"));
+    $("#pause-button").addEventListener("click", () => {
+      const run = this.view.run;
+      if (!run) return;
+      if (run.status === "paused") this.send({ kind: "resume" }, "Resume");
+      else this.send({ kind: "pause" }, "Pause");
     });
   }
 

@@ -29,6 +29,14 @@ function eventText(e) {
       return `command #${d.command_id} ${d.kind ?? ""} ${d.status ?? ""}${d.reason ? `: ${d.reason}` : ""}`;
     case "early_stop":
       return `stopped early by a callback${eventWhere(e)}`;
+    case "checkpoint":
+      return `checkpoint saved${eventWhere(e)}: ${d.path ?? ""}`;
+    case "paused":
+      return `paused${eventWhere(e)}`;
+    case "resumed":
+      return `resumed${eventWhere(e)} after ${Number(d.seconds ?? 0).toFixed(1)} s`;
+    case "knob_change":
+      return `${d.name} ${JSON.stringify(d.old)} → ${JSON.stringify(d.new)}${eventWhere(e)}`;
     case "train_end":
       return `training ${d.status ?? "ended"}${d.error && d.error.message ? `: ${d.error.message}` : ""}`;
     default:
@@ -43,10 +51,17 @@ function eventMark(e) {
     case "lr_change":
       return { text: eventText(e), color: "#8250df", kind: "lr" };
     case "command":
-      if (d.kind === "set_lr" && d.status === "applied") return null; // its lr_change marks it
+      if (d.status === "applied" && d.kind !== "stop") return null; // its own event marks it
       return { text: eventText(e), color: d.status === "applied" ? "#1a7f37" : "#d1242f", kind: "command" };
     case "early_stop":
       return { text: eventText(e), color: "#9a6700", kind: "early_stop" };
+    case "checkpoint":
+      return { text: eventText(e), color: "#0969da", kind: "checkpoint" };
+    case "paused":
+    case "resumed":
+      return { text: eventText(e), color: "#6e7781", kind: e.kind };
+    case "knob_change":
+      return { text: eventText(e), color: "#bf3989", kind: "knob" };
     default:
       return null;
   }

@@ -82,6 +82,7 @@ export class Progress {
     let eta = "ETA —";
     if (ended) eta = run.status;
     else if (run.status === "disconnected") eta = "ETA — (disconnected)";
+    else if (run.status === "paused") eta = "ETA — (paused)";
     else if (rate && epochs && spe) {
       const remaining = epochs * spe - (epochIdx * spe + (batch || 0));
       eta = `ETA ${formatDuration(remaining / rate)}`;

@@ -13,10 +13,13 @@ import { $ } from "./dom.js";
 import { LiveLoader, fetchHistory, mergeHistory } from "./loader.js";
 import { MAX_POINTS, RunCharts } from "./run_charts.js";
 import { CommandList } from "./run_commands.js";
+import { CallbackPanel, CheckpointList } from "./run_callbacks.js";
 import { RunControls } from "./run_controls.js";
 import { EventList } from "./run_events.js";
 import { renderHeader, resetHeader, showMissing, showPage } from "./run_header.js";
+import { KnobPanel } from "./run_knobs.js";
 import { Progress } from "./run_progress.js";
+import { STATE_EVENT } from "./protocol.js";
 import { RunData } from "./store.js";
 
 export class RunView {
@@ -35,6 +38,10 @@ export class RunView {
       this.commands.put(command);
       this.commands.render();
     });
+    this.knobs = new KnobPanel(this, (command, label) => this.controls.send(command, label));
+    this.callbacks = new CallbackPanel();
+    this.checkpoints = new CheckpointList();
+    this.stateSeq = -1; // the newest state event shown (knobs and callbacks)
     this.plots = new RunCharts(this);
     this.loader = new LiveLoader(live, {
       fetch: ([runId]) =>
@@ -76,6 +83,10 @@ export class RunView {
     this.progress = new Progress();
     this.commands.clear();
     this.events.clear();
+    this.knobs.clear();
+    this.callbacks.clear();
+    this.checkpoints.clear();
+    this.stateSeq = -1;
     this.missing = false;
     this.controls.reset();
     resetHeader(runId);
@@ -100,7 +111,21 @@ export class RunView {
     mergeHistory(this.data, history);
     this.progress.seed(history.series.batch);
     for (const c of commands) this.commands.put(c);
-    for (const e of events) this.events.put(e);
+    for (const e of events) this.putEvent(e);
+  }
+
+  /** An event for the list, the checkpoints, or (a state event) the knobs and callbacks. */
+  putEvent(e) {
+    if (e.kind === STATE_EVENT) {
+      const order = e.seq ?? e.id;
+      if (order < this.stateSeq) return;
+      this.stateSeq = order;
+      this.knobs.update(e.data && e.data.knobs);
+      this.callbacks.update(e.data && e.data.callbacks);
+      return;
+    }
+    if (this.checkpoints.put(e)) this.checkpoints.render();
+    this.events.put(e);
   }
 
   renderAll() {
@@ -154,7 +179,7 @@ export class RunView {
         this.commands.render();
         break;
       case "event":
-        this.events.put(message.event);
+        this.putEvent(message.event);
         this.events.render();
         this.plots.markEvents();
         break;
@@ -179,6 +204,7 @@ export class RunView {
     this.run = run;
     renderHeader(run, first);
     this.controls.render(run);
+    this.knobs.render();
     this.progress.render(run);
     if (this.plots.lrChart) this.plots.lrChart.invalidate();
   }

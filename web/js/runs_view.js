@@ -40,7 +40,7 @@ export function epochsText(run) {
 export function durationOf(run, now = Date.now() / 1000) {
   if (!run.created_at) return null;
   let end = run.ended_at;
-  if (!end) end = run.status === "running" ? now : run.updated_at;
+  if (!end) end = run.status === "running" || run.status === "paused" ? now : run.updated_at;
   return Math.max(0, (end || now) - run.created_at);
 }
 
@@ -408,8 +408,9 @@ export class RunsView {
     row.querySelector(".rename").setAttribute("aria-label", `Rename ${label}`);
     const del = row.querySelector(".delete");
     del.setAttribute("aria-label", `Delete ${label}`);
-    del.disabled = run.status === "running";
-    del.title = run.status === "running" ? "Stop it or let it end before deleting it" : "";
+    const live = run.status === "running" || run.status === "paused";
+    del.disabled = live;
+    del.title = live ? "Stop it or let it end before deleting it" : "";
     setText(row.querySelector(".project"), run.project || "—");
     statusBadge(row.querySelector(".badge"), run.status);
     setText(row.querySelector(".started"), formatTime(run.created_at));
