@@ -58,7 +58,7 @@ CHUNKS_PER_POLL = 8
 FLUSH_SECONDS = 0.1  # the oldest unsent record waits at most this long for company
 POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
-LINK_PROBLEMS = ("unreachable", "refused", "storage")
+LINK_PROBLEMS = ("unreachable", "refused", "storage", "stream-failed")
 """Warnings that already say where unacknowledged records go."""
 
 
@@ -173,7 +173,9 @@ class Stream:
             # A fit that ends (or raises) at once: give its first attempt the time.
             self._tried.wait(timeout)
         connected = self.connected
-        if thread is not None and connected:
+        with self._warn_lock:  # the server answers, the stream tripped: its retry gets the time
+            retrying = "stream-failed" in self._warned
+        if thread is not None and (connected or retrying):
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._drain_locked()
@@ -226,8 +228,10 @@ class Stream:
 
     def _run(self) -> None:
         backoff = BACKOFF_START
+        last_chance = True  # a fit that ends amid an unexpected failure: one more try at once
         while True:
             refused: str | None = None
+            unexpected = False
             try:
                 with self._connect() as ws:
                     if self._session(ws) and self._done():
@@ -248,8 +252,10 @@ class Stream:
                 self.warn_once(
                     "stream-failed",
                     f"fitdeck: streaming to {self.ws_url} failed ({type(exc).__name__}: {exc}); "
-                    "training goes on and the records are kept; retrying.",
+                    "training goes on. Records are kept and resent on the next try; if training "
+                    f"ends first they stay in {self.spool.path} for `fitdeck sync`.",
                 )
+                unexpected = True
             finally:
                 if self.connected:  # welcomed: the link worked, start the backoff over
                     backoff = BACKOFF_START
@@ -257,6 +263,9 @@ class Stream:
                 self._tried.set()
             if refused is not None:
                 self._refused(refused)
+            if unexpected and last_chance and self._finishing.is_set():
+                last_chance = False
+                continue  # `finish` waits for this try
             if self._done():
                 return
             self._drain()

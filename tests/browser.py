@@ -5,6 +5,7 @@ Import them into a test module: `from tests.browser import chromium, dashboard`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ CHROMIUM = Path(os.environ.get("FITDECK_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1280, "height": 800}
 
-__all__ = ["CHROMIUM", "Dashboard", "chromium", "dashboard"]
+__all__ = ["CHROMIUM", "Dashboard", "chromium", "dashboard", "open_dashboard"]
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +107,10 @@ class Dashboard:
         return [u for u in self.requests if re.search(r"/api/runs/[0-9a-f]+/metrics", u)]
 
 
-@pytest.fixture
-def dashboard(chromium: Any, server: Any) -> Iterator[Dashboard]:
-    """A fresh browser context logged in to `server` (cookie from /?token=…)."""
+@contextlib.contextmanager
+def open_dashboard(chromium: Any, server: Any) -> Iterator[Dashboard]:
+    """A fresh browser context logged in to `server` (cookie from /?token=…),
+    closed on leaving; a dashboard that logged errors fails the test then."""
     context = chromium.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -133,3 +135,10 @@ def dashboard(chromium: Any, server: Any) -> Iterator[Dashboard]:
     finally:
         context.close()
     assert not board.errors, "the dashboard logged errors:\n" + "\n".join(board.errors)
+
+
+@pytest.fixture
+def dashboard(chromium: Any, server: Any) -> Iterator[Dashboard]:
+    """A fresh browser context logged in to `server` (see `open_dashboard`)."""
+    with open_dashboard(chromium, server) as board:
+        yield board

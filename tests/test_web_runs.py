@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.scale import write_series_runs
-from tests.browser import VIEWPORT, Dashboard
+from tests.browser import Dashboard, open_dashboard
 from tests.conftest import ServerProcess
 from tests.test_runs_paging import add_runs
 from tests.test_web_dashboard import Trainer
@@ -24,36 +24,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 expect = pytest.importorskip("playwright.sync_api").expect
 
 
-def open_dashboard(chromium: Any, server: ServerProcess) -> Dashboard:
-    context = chromium.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    board = Dashboard(page=page, url=server.url)
-    page.on("pageerror", lambda exc: board.errors.append(f"page error: {exc}"))
-    page.on(
-        "console",
-        lambda msg: (
-            board.errors.append(f"console error: {msg.text}")
-            if msg.type == "error" and "'unsafe-eval'" not in msg.text
-            else None
-        ),
-    )
-    page.on("request", lambda request: board.requests.append(request.url))
-    page.goto(f"{server.url}/?token={server.token}")
-    page.wait_for_selector("#live-status[data-state='open']")
-    return board
-
-
 @pytest.fixture
 def board(
     chromium: Any, make_server: Callable[..., ServerProcess]
 ) -> Iterator[tuple[Dashboard, ServerProcess]]:
     server = make_server(token=secrets.token_hex(16))
     add_runs(server.db_path, 250, t0=time.time() - 1000)
-    dashboard = open_dashboard(chromium, server)
-    yield dashboard, server
-    dashboard.page.context.close()
-    assert not dashboard.errors, "the dashboard logged errors:\n" + "\n".join(dashboard.errors)
+    with open_dashboard(chromium, server) as dashboard:
+        yield dashboard, server
 
 
 def names(board: Dashboard) -> list[str]:
@@ -153,9 +131,8 @@ def test_compare_fetches_every_run_in_one_request_per_scope(
     server.stop()
     ids = write_series_runs(server.db_path, 3, 50_000)
     server.start()
-    dashboard = open_dashboard(chromium, server)
-    page = dashboard.page
-    try:
+    with open_dashboard(chromium, server) as dashboard:
+        page = dashboard.page
         for run_id in ids:
             page.locator(f'tr[data-run-id="{run_id}"] input.pick').check()
         page.click("#compare-button")
@@ -182,6 +159,3 @@ def test_compare_fetches_every_run_in_one_request_per_scope(
             full = server.series(run_id, "batch", "loss", max_points=20_000)
             stored_max = max(v for v in full["value"] if isinstance(v, float))
             assert max(trace["y"]) == pytest.approx(stored_max)  # the extremes kept
-    finally:
-        page.context.close()
-    assert not dashboard.errors, "the dashboard logged errors:\n" + "\n".join(dashboard.errors)

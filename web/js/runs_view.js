@@ -245,7 +245,10 @@ export class RunsView {
     }
     if (seq !== this.seq) return;
     this.filterNote = note;
+    // Runs pushed live while the page was on its way may be newer than it: keep them.
+    const pushed = [...this.runs.values()].filter((run) => run.pushedSeq === seq);
     this.replaceAll(page.runs, page.next, page.total);
+    for (const run of pushed) this.upsert(run);
     const stats = await statsPromise;
     if (seq !== this.seq || !stats) return;
     this.stats = stats;
@@ -303,6 +306,7 @@ export class RunsView {
   /** A run from a live "run" message (or an answer such as a rename). */
   upsert(run) {
     if (!this.loaded) return;
+    run.pushedSeq = this.seq;
     const known = this.runs.get(run.id);
     const matches = filterMatcher(this.effectiveFilter())(run);
     if (known) {
