@@ -12,7 +12,7 @@ import { $, h, replaceChildren } from "./dom.js";
 import { formatValue } from "./format.js";
 import { LiveLoader, mergeHistory, messageRunId } from "./loader.js";
 import { LR_KEY, MAX_COMPARE, SCOPES } from "./protocol.js";
-import { statusBadge } from "./runs_view.js";
+import { statusBadge } from "./run_summary.js";
 import { isSetting, settingTail } from "./settings.js";
 import { RunData } from "./store.js";
 

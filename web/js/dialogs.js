@@ -100,3 +100,52 @@ export function askDelete(run) {
     dialog.showModal();
   });
 }
+
+/**
+ * Confirm deleting every run `filter` matches: the dry run's `counts` ({matched,
+ * running}) name how many go (running ones are kept). Resolves true once deleted.
+ */
+export function askBulkDelete(filter, counts) {
+  const deletable = counts.matched - counts.running;
+  const n = (x) => x.toLocaleString("en-US");
+  const parts = [];
+  if (filter.q) parts.push(`name matching “${filter.q}”`);
+  if (filter.project) parts.push(`project ${filter.project}`);
+  if (filter.status.length) parts.push(`status ${filter.status.join(" or ")}`);
+  let text = `${n(deletable)} run${deletable === 1 ? "" : "s"} (${parts.join(", ")}) and all their metrics, events and commands are deleted for good.`;
+  if (counts.running) text += ` ${n(counts.running)} running run${counts.running === 1 ? " is" : "s are"} kept.`;
+  if (!deletable) text = `No run to delete: ${counts.running ? "every matching run is running" : "nothing matches"}.`;
+  const dialog = $("#bulk-delete-dialog");
+  const confirm = $("#confirm-bulk-delete");
+  const error = $("#bulk-delete-error");
+  setText($("#bulk-delete-text"), text);
+  setText(error, "");
+  setText(confirm, `Delete ${n(deletable)} run${deletable === 1 ? "" : "s"}`);
+  confirm.disabled = deletable === 0;
+return new Promise((resolve) => {
+    let busy = false;
+    const onConfirm = async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        await api.deleteRuns(filter);
+        finish(true);
+      } catch (err) {
+        setText(error, err.message);
+        busy = false;
+      }
+    };
+    const onCancel = () => finish(false);
+    const finish = (result) => {
+      confirm.removeEventListener("click", onConfirm);
+      $("#cancel-bulk-delete").removeEventListener("click", onCancel);
+      dialog.removeEventListener("close", onCancel);
+      if (dialog.open) dialog.close();
+      resolve(result);
+    };
+    confirm.addEventListener("click", onConfirm);
+    $("#cancel-bulk-delete").addEventListener("click", onCancel);
+    dialog.addEventListener("close", onCancel);
+    dialog.showModal();
+  });
+}

@@ -4,7 +4,7 @@
 import { $, h, replaceChildren } from "./dom.js";
 import { formatClock, formatLr, formatWhere } from "./format.js";
 import { COMMAND_STATUSES, FINAL_COMMAND } from "./protocol.js";
-import { statusBadge } from "./runs_view.js";
+import { statusBadge } from "./run_summary.js";
 
 /** How far a command has come: its status's place, every final status alike. */
 function rank(status) {

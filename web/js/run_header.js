@@ -6,7 +6,7 @@
 import * as api from "./api.js";
 import { $, h, replaceChildren, setText } from "./dom.js";
 import { formatLr, formatTime, formatValue } from "./format.js";
-import { statusBadge } from "./runs_view.js";
+import { statusBadge } from "./run_summary.js";
 
 /** Reset the header for a run being opened. */
 export function resetHeader(runId) {

@@ -4,7 +4,7 @@
 import { $, setText } from "./dom.js";
 import { formatClock, formatDuration, formatNumber } from "./format.js";
 import { ENDED } from "./protocol.js";
-import { epochsDone } from "./runs_view.js";
+import { epochsDone } from "./run_summary.js";
 
 const RATE_SAMPLES = 40; // step rate over about the last 10 s of batch points
 const RATE_SPACING_S = 0.25;

@@ -1,127 +1,31 @@
 // The run list, paged from the server (GET /api/runs): the first PAGE rows at
-// once, more as the list scrolls to its end ("Load more runs" too). The server
-// filters (name text or regex, project, status) and sorts (click a header;
-// again to reverse); this page never holds more runs than it has shown.
-//
-// Live: a /ws/live "run" message updates its row in place when the row is on
-// the page; a run not on the page is added only when it sorts among the rows
-// shown (a new run under the default sort), and bumps the total; any other
-// is ignored. Rename and delete per row; delete every run the filter matches
-// (running ones are kept) after a confirmation that names the count; each
-// run's size and the database's.
+// once, more as it scrolls ("Load more runs" too), filtered (name text or
+// regex, project, status) and sorted (click a header; again to reverse) by the
+// server. Live: a "run" message updates its row in place; a run not on the page
+// is added only when it sorts among the rows shown, else ignored. Rename and
+// delete per row; delete every run the filter matches (running ones are kept)
+// after a confirmation that names the count.
 
 import * as api from "./api.js";
-import { askDelete, askRename } from "./dialogs.js";
+import { askBulkDelete, askDelete, askRename } from "./dialogs.js";
 import { $, h, replaceChildren, setText } from "./dom.js";
-import { formatBytes, formatDuration, formatNumber, formatTime, formatValue } from "./format.js";
-import { ENDED, LR_KEY, MAX_COMPARE, REGEX_CHARS, RUN_STATUSES } from "./protocol.js";
+import { formatBytes, formatDuration } from "./format.js";
+import { ENDED, MAX_COMPARE, RUN_STATUSES } from "./protocol.js";
+import {
+  PLAIN_NOTE,
+  compareRuns,
+  durationOf,
+  escapeRegex,
+  fillRunRow,
+  filterMatcher,
+  hasRegexChars,
+  isRegex,
+} from "./run_summary.js";
 
 /** Runs fetched per page. */
 export const PAGE = 100;
 /** Typing settles this long before the server is asked. */
 const FILTER_DELAY_MS = 40;
-const hasRegexChars = (text) => [...text].some((c) => REGEX_CHARS.includes(c));
-
-// The server's order of statuses for sort=status (server/runs_query.py).
-const STATUS_ORDER = { running: 0, paused: 1, disconnected: 2, failed: 3, stopped: 4, finished: 5 };
-
-/** Epochs done / total. The server sets `epoch` at each epoch end (null before the first). */
-export function epochsDone(run) {
-  return run.epoch === null || run.epoch === undefined ? 0 : run.epoch + 1;
-}
-
-export function epochsText(run) {
-  const total = run.meta && run.meta.epochs;
-  const done = epochsDone(run);
-  return total ? `${done} / ${total}` : String(done);
-}
-
-/** Seconds from start to end (or to now while it runs; to the last message when it lost its stream). */
-export function durationOf(run, now = Date.now() / 1000) {
-  if (!run.created_at) return null;
-  let end = run.ended_at;
-  if (!end) end = run.status === "running" || run.status === "paused" ? now : run.updated_at;
-  return Math.max(0, (end || now) - run.created_at);
-}
-
-/** "loss 0.31 · accuracy 0.91" from run.last_metrics (at most `max` entries). */
-export function latestMetricsText(run, max = 4) {
-  const entries = Object.entries(run.last_metrics || {}).filter(([k]) => k !== LR_KEY);
-  entries.sort(([a], [b]) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
-  const shown = entries.slice(0, max).map(([k, v]) => `${k} ${formatNumber(v)}`);
-  if (entries.length > max) shown.push(`+${entries.length - max}`);
-  return shown.join(" · ");
-}
-
-/** "dropout=0.2 · units=64" from run.params (at most `max` entries). */
-export function keyParamsText(run, max = 3) {
-  const entries = Object.entries(run.params || {});
-  const shown = entries.slice(0, max).map(([k, v]) => `${k}=${formatValue(v)}`);
-  if (entries.length > max) shown.push(`+${entries.length - max}`);
-  return shown.join(" · ");
-}
-
-export function statusBadge(el, status) {
-  setText(el, status || "unknown");
-  el.dataset.status = status || "unknown";
-}
-
-/**
- * The client's reading of a filter ({q, project, status}), for runs pushed live:
- * `q` is a case-insensitive regular expression when it holds one of its
- * characters, else a substring, as on the server.
- */
-export function filterMatcher({ q, project, status } = {}) {
-  let re = null;
-  const text = String(q || "");
-  if (text && hasRegexChars(text)) {
-    try {
-      re = new RegExp(text, "i");
-    } catch {
-      re = /$^/; // what the server refused matches nothing
-    }
-  }
-  const lower = text.toLowerCase();
-  return (run) =>
-    (!project || run.project === project) &&
-    (!status || !status.length || status.includes(run.status)) &&
-    (!text || (re ? re.test(run.name || "") : (run.name || "").toLowerCase().includes(lower)));
-}
-
-const PLAIN_NOTE = "Not a regular expression: matching it as plain text.";
-
-function isRegex(text) {
-  try {
-    new RegExp(text, "i");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** `text` with every regular-expression character escaped (matches itself). */
-export function escapeRegex(text) {
-  return [...String(text)].map((c) => (REGEX_CHARS.includes(c) ? `\\${c}` : c)).join("");
-}
-
-/** The value a run sorts by on the server, for sort `key`. */
-export const SORT_KEYS = {
-  started: (r) => r.created_at || 0,
-  name: (r) => (r.name || "").toLowerCase(),
-  project: (r) => r.project || "",
-  status: (r) => STATUS_ORDER[r.status] ?? 6,
-  duration: (r) => (r.ended_at || r.updated_at || 0) - (r.created_at || 0),
-  epochs: (r) => (r.epoch === null || r.epoch === undefined ? -1 : r.epoch),
-};
-
-/** Compare two runs as the server orders them: `dir` 1 ascending, -1 descending. */
-export function compareRuns(a, b, key, dir) {
-  const get = SORT_KEYS[key];
-  const x = get(a);
-  const y = get(b);
-  const c = x < y ? -1 : x > y ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
-  return c * dir;
-}
 
 export class RunsView {
   constructor() {
@@ -296,7 +200,7 @@ export class RunsView {
     this.runs.set(run.id, run);
     const row = this.createRow(run.id);
     this.rows.set(run.id, row);
-    this.fillRow(row, run);
+    fillRunRow(row, run);
     this.order.splice(index, 0, run.id);
     const before = this.rows.get(this.order[index + 1]);
     if (before) this.body.insertBefore(row, before);
@@ -320,7 +224,7 @@ export class RunsView {
       }
       run.size_bytes = run.size_bytes ?? known.size_bytes;
       this.runs.set(run.id, run);
-      this.fillRow(this.rows.get(run.id), run); // in place: rows do not jump under the pointer
+      fillRunRow(this.rows.get(run.id), run); // in place: rows do not jump under the pointer
       return;
     }
     if (run.project && !this.stats.projects.includes(run.project)) {
@@ -402,31 +306,6 @@ export class RunsView {
       h("td", { class: "size num" }),
       h("td", { class: "actions" }, rename, del),
     );
-  }
-
-  fillRow(row, run) {
-    row.dataset.status = run.status;
-    const label = run.name || run.id.slice(0, 8);
-    setText(row.querySelector(".run-link"), label);
-    row.querySelector(".pick").setAttribute("aria-label", `Select ${label} to compare`);
-    row.querySelector(".rename").setAttribute("aria-label", `Rename ${label}`);
-    const del = row.querySelector(".delete");
-    del.setAttribute("aria-label", `Delete ${label}`);
-    const live = run.status === "running" || run.status === "paused";
-    del.disabled = live;
-    del.title = live ? "Stop it or let it end before deleting it" : "";
-    setText(row.querySelector(".project"), run.project || "—");
-    statusBadge(row.querySelector(".badge"), run.status);
-    setText(row.querySelector(".started"), formatTime(run.created_at));
-    setText(row.querySelector(".duration"), formatDuration(durationOf(run)));
-    setText(row.querySelector(".epochs"), epochsText(run));
-    setText(row.querySelector(".metrics"), latestMetricsText(run));
-    const params = row.querySelector(".params");
-    setText(params, keyParamsText(run));
-    params.title = Object.keys(run.params || {}).length ? JSON.stringify(run.params) : "";
-    const size = row.querySelector(".size");
-    setText(size, run.size_bytes === undefined ? "—" : formatBytes(run.size_bytes));
-    size.title = "Estimated from the points it stored";
   }
 
   /** Live durations of the running runs on the page. */
@@ -512,48 +391,7 @@ export class RunsView {
       document.dispatchEvent(new CustomEvent("fitdeck:error", { detail: err }));
       return;
     }
-    const deletable = counts.matched - counts.running;
-    const n = (x) => x.toLocaleString("en-US");
-    const parts = [];
-    if (filter.q) parts.push(`name matching “${filter.q}”`);
-    if (filter.project) parts.push(`project ${filter.project}`);
-    if (filter.status.length) parts.push(`status ${filter.status.join(" or ")}`);
-    let text = `${n(deletable)} run${deletable === 1 ? "" : "s"} (${parts.join(", ")}) and all their metrics, events and commands are deleted for good.`;
-    if (counts.running) text += ` ${n(counts.running)} running run${counts.running === 1 ? " is" : "s are"} kept.`;
-    if (!deletable) text = `No run to delete: ${counts.running ? "every matching run is running" : "nothing matches"}.`;
-    const dialog = $("#bulk-delete-dialog");
-    const confirm = $("#confirm-bulk-delete");
-    const error = $("#bulk-delete-error");
-    setText($("#bulk-delete-text"), text);
-    setText(error, "");
-    setText(confirm, `Delete ${n(deletable)} run${deletable === 1 ? "" : "s"}`);
-    confirm.disabled = deletable === 0;
-    const done = await new Promise((resolve) => {
-      let busy = false;
-      const onConfirm = async () => {
-        if (busy) return;
-        busy = true;
-        try {
-          await api.deleteRuns(filter);
-          finish(true);
-        } catch (err) {
-          setText(error, err.message);
-          busy = false;
-        }
-      };
-      const onCancel = () => finish(false);
-      const finish = (result) => {
-        confirm.removeEventListener("click", onConfirm);
-        $("#cancel-bulk-delete").removeEventListener("click", onCancel);
-        dialog.removeEventListener("close", onCancel);
-        if (dialog.open) dialog.close();
-        resolve(result);
-      };
-      confirm.addEventListener("click", onConfirm);
-      $("#cancel-bulk-delete").addEventListener("click", onCancel);
-      dialog.addEventListener("close", onCancel);
-      dialog.showModal();
-    });
+    const done = await askBulkDelete(filter, counts);
     if (done) await this.load();
     $("#runs-delete-matching").focus();
   }
