@@ -14,7 +14,7 @@ import uuid
 import warnings
 import weakref
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import keras
@@ -94,6 +94,21 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
 
     async_safe = True
 
+    # tf_keras (Keras 2) asks every callback these before it calls any hook;
+    # Keras 3 never does. With them one LiveMonitor serves both.
+    _supports_tf_logs = False  # tf_keras hands the hooks NumPy/Python values
+    _chief_worker_only = None
+    validation_data = None
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return True
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
+
     def __init__(
         self,
         url: str | None = None,
@@ -156,14 +171,21 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._epoch = 0
         self._epoch_base = 0  # global steps completed before the current epoch
         self._max_batch = -1
+        self._steps = _NO_STEPS  # batches per epoch, when Keras knows it
+        self._iter_offset = 0  # the run's step minus optimizer.iterations, this fit
         self._lr: float | None = None
         self._lr_check = False
+        self._lr_watch: _LrWatch | None = None
         self._stopped_by_command = False
         self._thread_ident: int | None = None
 
     # -- the hot path ------------------------------------------------------------
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # With steps_per_execution > 1 Keras passes the last batch index of the
+        # execution, which can overshoot the epoch: count what really ran.
+        if batch >= self._steps:
+            batch = self._steps - 1
         if batch > self._max_batch:
             self._max_batch = batch
         if len(self._buffer) < self._max_buffer:
@@ -188,12 +210,17 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._thread_ident = threading.get_ident()
         self._fits += 1
         self._stopped_by_command = False
+        steps = (self.params or {}).get("steps")
+        self._steps = steps if isinstance(steps, int) and steps > 0 else _NO_STEPS
+        iterations = self._read_iterations()
+        self._iter_offset = self._epoch_base - iterations if iterations is not None else 0
         name = self.run_name or f"{self.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self._record(
             Rec.run_start(time.time(), name, self.project, self.user_params, self._describe())
         )
         lr = self._read_lr()
         self._record_lr(lr, previous=None, source="initial")
+        self._watch_lr()
         self._stream.start()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -203,7 +230,13 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._lr_check = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch_base += self._max_batch + 1
+        # The optimizer counts the steps that really ran (any steps_per_execution,
+        # a short last execution); the batch indices are the fallback.
+        iterations = self._read_iterations()
+        if iterations is not None and iterations + self._iter_offset >= self._epoch_base:
+            self._epoch_base = iterations + self._iter_offset
+        else:
+            self._epoch_base += self._max_batch + 1
         self._max_batch = -1
         self._check_lr()
         epoch_logs = dict(logs or {})
@@ -212,6 +245,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._stream.put((EPOCH, epoch, self._epoch_base, time.time(), epoch_logs))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._unwatch_lr()
         model = self.model
         if getattr(model, "stop_training", False) and not self._stopped_by_command:
             self._record(Rec.event(time.time(), "early_stop", {"by": "callback"},
@@ -291,7 +325,14 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 "build the optimizer with a float learning_rate to steer it"
             )
         previous = self._read_lr()
-        optimizer.learning_rate = float(lr)
+        watch = self._lr_watch
+        if watch is not None:
+            watch.muted = True  # this change is recorded here, as the command's
+        try:
+            optimizer.learning_rate = float(lr)
+        finally:
+            if watch is not None:
+                watch.muted = False
         self._record_lr(self._read_lr(), previous=previous, source="command",
                         command_id=command.get("id"), batch=batch)  # fmt: skip
         return None
@@ -309,12 +350,25 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     # -- learning rate -----------------------------------------------------------
 
     def _read_lr(self) -> float | None:
+        watch = self._lr_watch
+        if watch is not None:  # the variable itself: no model access, no JAX state sync
+            return watch.read()
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             return None
         try:
-            return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            lr = optimizer.learning_rate
+            if callable(lr) and not hasattr(lr, "assign"):  # a tf_keras schedule
+                lr = lr(optimizer.iterations)
+            return _scalar(lr)
         except Exception:  # an optimizer without a readable LR: nothing to chart
+            return None
+
+    def _read_iterations(self) -> int | None:
+        """`optimizer.iterations`: the train steps that really ran (read once an epoch)."""
+        try:
+            return int(_scalar(self.model.optimizer.iterations))
+        except Exception:
             return None
 
     def _check_lr(self, batch: int | None = None) -> None:
@@ -324,6 +378,40 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             scheduled = _schedule_name(self.model.optimizer) is not None
             source = "schedule" if scheduled else "callback"
             self._record_lr(lr, previous=self._lr, source=source, batch=batch)
+
+    def _watch_lr(self) -> None:
+        """Hear every assignment to the optimizer's learning-rate variable, by anyone.
+
+        A callback that sets the rate every batch, before or after this one in
+        the list, assigns the variable: the wrapper reads the new value and the
+        optimizer's step counter right then, so the change is recorded at the
+        step from which the optimizer uses it, and the batch hooks read nothing.
+        """
+        self._unwatch_lr()
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or _schedule_name(optimizer) is not None:
+            return
+        watch = _LrWatch.install(self, optimizer)
+        if watch is not None:
+            self._lr_watch = watch
+
+    def _unwatch_lr(self) -> None:
+        watch, self._lr_watch = self._lr_watch, None
+        if watch is not None:
+            watch.remove()
+
+    def _lr_assigned(self, lr: float, iterations: int | None) -> None:
+        """The LR variable was assigned (by someone else): record a change at its step."""
+        if self not in _ACTIVE or lr == self._lr:
+            return
+        if iterations is None:  # unreadable now: the next batch boundary looks
+            self._lr_check = True
+            return
+        step = iterations + self._iter_offset
+        spe = self._steps if self._steps != _NO_STEPS else None
+        progress = self._epoch + (step - self._epoch_base) / spe if spe else self._epoch
+        previous, self._lr = self._lr, lr
+        self._record(Rec.lr(time.time(), step, progress, lr, previous, "callback"))
 
     def _record_lr(
         self,
@@ -351,16 +439,22 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         """What Keras knows about this fit, for the run's header."""
         model, params = self.model, self.params or {}
         optimizer = getattr(model, "optimizer", None)
+        legacy = type(model).__module__.startswith("tf_keras")
         meta: dict[str, Any] = {
             "fit": self._fits,
             "epochs": params.get("epochs"),
             "steps_per_epoch": params.get("steps"),
-            "batch_size": params.get("batch_size"),
             "model_name": getattr(model, "name", None),
-            "keras_version": keras.__version__,
-            "backend": keras.backend.backend(),
+            "keras_version": _legacy_version() if legacy else keras.__version__,
+            "backend": "tensorflow" if legacy else keras.backend.backend(),
             "lr_schedule": _schedule_name(optimizer) if optimizer is not None else None,
         }
+        batch_size = params.get("batch_size") or _fit_batch_size()
+        if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
+            meta["batch_size"] = batch_size  # absent, not null, when it cannot be known
+        spe = getattr(model, "steps_per_execution", None)
+        if isinstance(spe, int) and spe > 1:
+            meta["steps_per_execution"] = spe
         if optimizer is not None:
             try:
                 config = optimizer.get_config()
@@ -377,6 +471,128 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         except Exception as exc:  # an unbuilt or exotic model still trains
             log.debug("could not describe the model: %s", exc)
         return _jsonable(meta)  # type: ignore[no-any-return]
+
+
+_NO_STEPS = 2**62
+"""`_steps` when the number of batches per epoch is unknown: no clamping."""
+
+
+class _LrWatch:
+    """An instance-level wrapper around the LR variable's `assign` (removed after fit).
+
+    Keras 3 and tf_keras optimizers set a float learning rate through
+    `variable.assign(value)`; so do `keras.backend.set_value` and the LR
+    callbacks. The wrapper calls the original first and never raises.
+    """
+
+    def __init__(self, monitor: LiveMonitor, optimizer: Any, variable: Any) -> None:
+        self._monitor = weakref.ref(monitor)
+        self.optimizer = optimizer
+        self.variable = variable
+        self.muted = False
+        self._original = variable.assign
+
+    @classmethod
+    def install(cls, monitor: LiveMonitor, optimizer: Any) -> _LrWatch | None:
+        inner = _innermost(optimizer)
+        variable: Any = getattr(inner, "_learning_rate", None)
+        if not hasattr(variable, "assign"):
+            try:
+                variable = inner.learning_rate
+            except Exception:
+                return None
+        if not hasattr(variable, "assign") or "assign" in getattr(variable, "__dict__", {}):
+            return None  # not a variable, or someone else's wrapper is there already
+        watch = cls(monitor, optimizer, variable)
+        try:
+            variable.assign = watch._assign
+        except Exception:  # a variable type that takes no attributes: epoch checks only
+            return None
+        return watch
+
+    def _assign(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+        out = self._original(value, *args, **kwargs)
+        monitor = self._monitor()
+        if monitor is not None and not self.muted:
+            with contextlib.suppress(Exception):  # a wrapper must never break an assign
+                lr = self.read()
+                if lr is not None and lr != monitor._lr:
+                    iterations: int | None
+                    try:
+                        iterations = int(_scalar(self.optimizer.iterations))
+                    except Exception:
+                        iterations = None
+                    monitor._lr_assigned(lr, iterations)
+        return out
+
+    def read(self) -> float | None:
+        try:
+            return _scalar(self.variable)
+        except Exception:
+            return None
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.variable.__dict__.get("assign") == self._assign:
+                del self.variable.assign
+
+
+def _scalar(value: Any) -> float:
+    """A scalar tensor or variable (Keras 3, TensorFlow, JAX, NumPy) as a float.
+
+    A JAX array spread over several processes is read from this process's copy.
+    """
+    try:
+        return float(value)
+    except Exception:
+        pass
+    inner = getattr(value, "value", value)
+    shards = getattr(inner, "addressable_shards", None)
+    if shards:
+        return float(shards[0].data)
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def _innermost(optimizer: Any) -> Any:
+    """The optimizer inside any `LossScaleOptimizer` (mixed precision) wrappers."""
+    for _ in range(8):  # wrappers of wrappers, within reason
+        inner = getattr(optimizer, "inner_optimizer", None)
+        if inner is None:
+            break
+        optimizer = inner
+    return optimizer
+
+
+def _legacy_version() -> str | None:
+    module = sys.modules.get("tf_keras")
+    return getattr(module, "__version__", None)
+
+
+def _fit_batch_size() -> int | None:
+    """The batch size `fit` is using, from its data adapter, when it is known.
+
+    Keras does not pass it to callbacks; `fit` (Keras 3: `epoch_iterator`,
+    tf_keras: `data_handler`) is on the call stack of `on_train_begin`. Arrays
+    and datasets of a fixed batch size know it; generators do not.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "fit":
+            names = frame.f_locals
+            holder = names.get("epoch_iterator")
+            adapter = getattr(holder, "data_adapter", None)
+            if adapter is None:
+                adapter = getattr(names.get("data_handler"), "_adapter", None)
+            if adapter is not None:
+                with contextlib.suppress(Exception):
+                    size = adapter.batch_size
+                    size = size() if callable(size) else size
+                    return int(size) if size is not None else None
+                return None
+        frame = frame.f_back
+    return None
 
 
 def _layer(layer: Any) -> dict[str, Any]:
@@ -401,17 +617,23 @@ def _warn_now(message: str) -> None:
 def _schedule_name(optimizer: Any) -> str | None:
     """The schedule's name when the learning rate is a `LearningRateSchedule` (or a
     callable), else `None`; a `LossScaleOptimizer` (mixed precision) is seen through."""
-    for _ in range(8):  # wrappers of wrappers, within reason
-        inner = getattr(optimizer, "inner_optimizer", None)
-        if inner is None:
-            break
-        optimizer = inner
+    optimizer = _innermost(optimizer)
     lr = getattr(optimizer, "_learning_rate", None)
-    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+    if isinstance(lr, _schedule_classes()):
         return type(lr).__name__
     if callable(lr) and not hasattr(lr, "assign"):
         return getattr(lr, "__name__", type(lr).__name__)
     return None
+
+
+def _schedule_classes() -> tuple[type, ...]:
+    """LearningRateSchedule of Keras 3, and of tf_keras when it is loaded."""
+    classes: list[type] = [keras.optimizers.schedules.LearningRateSchedule]
+    legacy = sys.modules.get("tf_keras")
+    if legacy is not None:
+        with contextlib.suppress(Exception):
+            classes.append(legacy.optimizers.schedules.LearningRateSchedule)
+    return tuple(classes)
 
 
 def _jsonable(value: Any) -> Any:
