@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -21,7 +22,8 @@ import keras
 
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, Rec, encode_value
+from server.protocol import LR_KEY, MAX_NAME, RUN_ID, Env, Rec, encode_value
+from server.spool import default_spool_dir
 
 __all__ = ["LiveMonitor"]
 
@@ -123,6 +125,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         spool_dir: str | os.PathLike[str] | None = None,
         connect_timeout: float = 5.0,
         ping_timeout: float = 10.0,
+        run_id: str | None = None,
     ) -> None:
         super().__init__()
         # Read once, here: the hooks never look at the environment or the disk.
@@ -148,24 +151,29 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             if not isinstance(size, int) or size < 1:
                 raise ValueError(f"{name} must be a positive int. Received {name}={size!r}.")
 
-        self.run_id = uuid.uuid4().hex
+        given_id = run_id if run_id is not None else os.environ.get(Env.RUN_ID) or None
+        self._named_run = given_id is not None
+        self.run_id = _run_id(given_id) if given_id is not None else uuid.uuid4().hex
         self.url = url
         self.run_name = run_name
         self.project = project
         self.user_params = _jsonable(params or {})
         self.flush_timeout = flush_timeout
-        self._stream = Stream(
-            url,
-            self.run_id,
-            token,
-            max_buffer=max_buffer,
-            memory_records=memory_records,
-            spool_dir=Path(spool_dir) if spool_dir is not None else None,
-            connect_timeout=connect_timeout,
-            ping_timeout=ping_timeout,
-        )
+        self._token = token
+        self._stream_options: dict[str, Any] = {
+            "max_buffer": max_buffer,
+            "memory_records": memory_records,
+            "spool_dir": Path(spool_dir) if spool_dir is not None else None,
+            "connect_timeout": connect_timeout,
+            "ping_timeout": ping_timeout,
+        }
+        self._stream = Stream(url, self.run_id, token, **self._stream_options)
         self._buffer = self._stream.buffer
         self._inbox = self._stream.inbox
+        # A multi-worker job: this process's worker index and the job's size.
+        self._job: tuple[int, int] | None = None
+        self._position = 0  # steps run when the training thread last entered a batch
+        self._waiting: list[dict[str, Any]] = []  # commands waiting for their step
         self._max_buffer = max_buffer
         self._fits = 0
         self._epoch = 0
@@ -197,7 +205,8 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self._stream.overflow()
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._inbox or self._lr_check:
+        self._position = self._epoch_base + batch
+        if self._inbox or self._lr_check or self._waiting:
             self._between_batches(batch)
 
     # -- once per epoch or fit -------------------------------------------------
@@ -205,6 +214,8 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self in _ACTIVE:  # the last fit raised and its caller caught the exception
             self._fail(None, "the previous fit ended by an exception that was caught")
+        if self._fits == 0:
+            self._join_job()
         _install_exit_hooks()
         _ACTIVE.add(self)
         self._thread_ident = threading.get_ident()
@@ -285,8 +296,78 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         if self._lr_check:
             self._lr_check = False
             self._check_lr(batch)
+        if self._job is None:
+            while self._inbox:
+                self._apply(self._inbox.popleft(), batch)
+            return
+        # A job: every worker applies a command before the same batch, the one
+        # the server's commit names; until it is known, hold at the first batch
+        # boundary after the one this worker reported (see server.workers).
         while self._inbox:
-            self._apply(self._inbox.popleft(), batch)
+            self._waiting.append(self._inbox.popleft())
+        for command in list(self._waiting):
+            at_step = self._stream.commits.get(command["id"])
+            if at_step is None:
+                seen = command.get("seen_at")
+                if seen is None or self._position <= seen:
+                    continue  # this worker may still go on
+                at_step = self._hold(command["id"])
+                if at_step is None:
+                    self._waiting.remove(command)
+                    self._command_status(
+                        command,
+                        "rejected",
+                        f"the workers did not agree on a step within {HOLD_SECONDS:g} s",
+                        self._where(batch),
+                    )
+                    continue
+            if self._position >= at_step:
+                self._waiting.remove(command)
+                self._apply(command, batch)
+
+    def _hold(self, command_id: int) -> int | None:
+        """Wait here, between two batches, for the step the server sets for a command."""
+        deadline = time.monotonic() + HOLD_SECONDS
+        commits = self._stream.commits
+        while command_id not in commits:
+            if time.monotonic() > deadline:
+                self._stream.warn_once(
+                    "hold",
+                    f"fitdeck: no step for command {command_id} from {self.url} within "
+                    f"{HOLD_SECONDS:g} s; this worker goes on without it.",
+                )
+                return None
+            time.sleep(0.001)
+        return commits[command_id]
+
+    # -- multi-worker jobs ---------------------------------------------------------
+
+    def _join_job(self) -> None:
+        """In a multi-process job, share one run: every process streams as a worker.
+
+        Each process runs this in its first `on_train_begin`, in the same order,
+        so the one collective here (process 0's run id to all, unless the run
+        was named) is entered by all.
+        """
+        job = _job_of(self.model)
+        if job is None:
+            return
+        index, count = job
+        if not self._named_run:
+            with contextlib.suppress(Exception):
+                self.run_id = _broadcast_run_id(self.run_id)
+        options = dict(self._stream_options)
+        if index > 0:  # its own spool: the run's file is worker 0's
+            base = options["spool_dir"] or default_spool_dir()
+            options["spool_dir"] = Path(base) / f"worker-{index}"
+        stream = Stream(self.url, self.run_id, self._token, **options)
+        stream.worker = {"index": index, "count": count}
+        stream.position = self._current_position
+        self._stream, self._job = stream, job
+        self._buffer, self._inbox = stream.buffer, stream.inbox
+
+    def _current_position(self) -> int | None:
+        return self._position
 
     def _apply(self, command: dict[str, Any], batch: int) -> None:
         where = self._where(batch)
@@ -471,6 +552,45 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         except Exception as exc:  # an unbuilt or exotic model still trains
             log.debug("could not describe the model: %s", exc)
         return _jsonable(meta)  # type: ignore[no-any-return]
+
+
+HOLD_SECONDS = 10.0
+"""How long a worker of a job waits between two batches for a command's step."""
+
+
+def _run_id(value: str) -> str:
+    """A run id as given: 32 lowercase hex characters as they are, any other name
+    (a job id, say) hashed to 32, the same in every process."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise ValueError(
+            f"run_id must be a non-empty string of at most {MAX_NAME} characters. "
+            f"Received {value!r}."
+        )
+    if RUN_ID.fullmatch(value):
+        return value
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def _job_of(model: Any) -> tuple[int, int] | None:
+    """(this process's index, the number of processes) in a multi-process JAX job."""
+    if type(model).__module__.startswith("tf_keras") or keras.backend.backend() != "jax":
+        return None
+    jax = sys.modules.get("jax")
+    try:
+        count = int(jax.process_count()) if jax is not None else 1
+        return (int(jax.process_index()), count) if jax is not None and count > 1 else None
+    except Exception:
+        return None
+
+
+def _broadcast_run_id(run_id: str) -> str:
+    """Process 0's run id, on every process of the job (a collective)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(bytes.fromhex(run_id), dtype=np.uint8)
+    out = multihost_utils.broadcast_one_to_all(data)
+    return bytes(np.asarray(out, dtype=np.uint8).tolist()).hex()
 
 
 _NO_STEPS = 2**62

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,12 +15,13 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server import lifecycle, models
+from server import lifecycle, models, workers
 from server.auth import is_authorized, resolve_token
 from server.deps import AppState
 from server.errors import FitdeckError
 from server.guard import SECURITY_HEADERS, Guard, error_response
 from server.hub import Hub, TrainerLinks
+from server.lifecycle import Changes
 from server.routes import api, live_ws, remote_monitor, train_ws, web
 from server.settings import Settings
 from server.store import Store
@@ -107,12 +110,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _fail_job(state: AppState, run_id: str, message: str, conn: sqlite3.Connection) -> Changes:
+    return workers.fail_run(conn, state.store.memory, run_id, message)
+
+
 async def close_lost_runs(state: AppState, remote_runs: remote_monitor.RemoteRuns) -> None:
     """Every so often, end runs whose trainer stayed away past the grace period, and
     RemoteMonitor runs whose source has gone quiet."""
     grace = state.settings.disconnect_grace
     while True:
         await asyncio.sleep(min(max(grace / 4, 0.05), 30.0))
+        # A job's worker lost for good fails its run, named, before the run's own
+        # stream (often gone with it) would fail it as LostContact.
+        for run_id, worker, count in state.workers.overdue(grace):
+            message = (
+                f"worker {worker.index} of {count} lost contact at step {worker.step} "
+                f"and did not come back within {grace:g} seconds"
+            )
+            changes = await state.store.write(partial(_fail_job, state, run_id, message))
+            state.hub.changes(run_id, changes)
         closed = await state.store.write(
             lambda c: lifecycle.close_lost_runs(c, state.store.memory, grace)
         )

@@ -9,7 +9,7 @@ nor FastAPI, so `fitdeck sync` and the server run on a machine without Keras.
 The messages are documented in `docs/http_api.md`:
 
 - `/ws/train`, trainer → server: `hello`, then `records` frames; server →
-  trainer: `welcome`, `ack`, `command`, `error`.
+  trainer: `welcome`, `ack`, `command`, `commit` (multi-worker jobs), `error`.
 - `/ws/live`, browser → server: `subscribe`; server → browser: `hello`,
   `subscribed`, `run`, `run_deleted`, `metrics`, `event`, `command`, `error`.
 """
@@ -36,6 +36,7 @@ __all__ = [
     "LR_KEY",
     "MAX_NAME",
     "MAX_SUBSCRIPTIONS",
+    "MAX_WORKERS",
     "NONFINITE",
     "PROTOCOL_VERSION",
     "RECORD_TYPES",
@@ -43,6 +44,7 @@ __all__ = [
     "RUN_STATUSES",
     "SCOPES",
     "TRAIN_PATH",
+    "WORKER_STATUSES",
     "Close",
     "Env",
     "FrameError",
@@ -98,6 +100,8 @@ class Env:
     """Server: seconds a run may stay `disconnected` before it fails."""
     SPOOL_DIR: Final = "FITDECK_SPOOL_DIR"
     """Callback and `fitdeck sync`: where unacknowledged records are kept."""
+    RUN_ID: Final = "FITDECK_RUN_ID"
+    """Callback: the run to stream into (every process of a multi-worker job)."""
 
 
 # -- identifiers and limits ------------------------------------------------------
@@ -114,6 +118,10 @@ MAX_SUBSCRIPTIONS: Final = 64
 """Most runs one `/ws/live` connection may follow."""
 MAX_INT: Final = 2**63 - 1
 """Largest integer a record may carry (what SQLite's INTEGER holds)."""
+MAX_WORKERS: Final = 4096
+"""Most processes one multi-worker job (one run) may have."""
+WORKER_STATUSES: Final = ("connected", "disconnected", "finished", "stopped", "failed")
+"""A worker's state in `GET /api/runs/{run_id}`'s `workers` list."""
 
 SCOPES: Final = ("epoch", "batch")
 LR_KEY: Final = "learning_rate"
@@ -231,9 +239,13 @@ class Msg:
 
     # /ws/train
     @staticmethod
-    def hello(run_id: str) -> dict[str, Any]:
-        """Trainer → server, first frame: which run this connection streams."""
-        return {"type": "hello", "protocol": PROTOCOL_VERSION, "run_id": run_id}
+    def hello(run_id: str, worker: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """Trainer → server, first frame: which run this connection streams; in a
+        multi-worker job, which worker of how many (`{"index": 1, "count": 2}`)."""
+        message: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL_VERSION, "run_id": run_id}
+        if worker is not None:
+            message["worker"] = {"index": worker["index"], "count": worker["count"]}
+        return message
 
     @staticmethod
     def records(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,6 +270,12 @@ class Msg:
             fields = {"id": command["id"], "kind": command["kind"], "lr": command["lr"]}
             return {"type": "command", "command": fields}
         return {"type": "command", "run_id": run_id, "command": dict(command)}
+
+    @staticmethod
+    def commit(command_id: int, at_step: int) -> dict[str, Any]:
+        """Server → every worker of a multi-worker job: apply the command at the batch
+        boundary where `at_step` steps have run (the same step on every worker)."""
+        return {"type": "commit", "id": command_id, "at_step": at_step}
 
     @staticmethod
     def error(message: str) -> dict[str, Any]:
@@ -368,7 +386,7 @@ class Rec:
         return {"type": "run_end", "t": t, "status": status, "error": error}
 
 
-TRAIN_MESSAGES: Final = ("hello", "records", "welcome", "ack", "command", "error")
+TRAIN_MESSAGES: Final = ("hello", "records", "welcome", "ack", "command", "commit", "error")
 LIVE_MESSAGES: Final = (
     "subscribe",
     "hello",

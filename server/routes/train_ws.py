@@ -20,6 +20,7 @@ from server.errors import BadRequest
 from server.lifecycle import Changes
 from server.protocol import PROTOCOL_VERSION, RUN_ID, Close, FrameError, Msg, dumps, loads
 from server.records import validate_records
+from server.workers import parse_worker
 
 __all__ = ["router"]
 
@@ -41,6 +42,7 @@ class ProtocolError(Exception):
 async def train_ws(ws: WebSocket, state: StateDep) -> None:
     await ws.accept()  # Host, Origin and token were checked by server.guard.Guard
     run_id: str | None = None
+    index = 0
     send_lock = asyncio.Lock()
 
     async def send(text: str) -> None:
@@ -48,17 +50,25 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             await ws.send_text(text)
 
     try:
-        run_id = await _hello(ws)
-        connected = await _store(
-            state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
-        )
-        old = state.trainers.attach(run_id, send)
+        run_id, index, count = await _hello(ws)
+        worker = state.workers.hello(run_id, index, count)
+        if index == 0:  # the worker that streams the run's records
+            connected = await _store(
+                state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
+            )
+            last_seq = connected.last_seq
+        else:  # another worker of a job: its records are read, not stored
+            last_seq = worker.last_seq
+        old = state.trainers.attach(run_id, send, index)
         if old is not None:
-            log.info("run %s: a newer connection replaces the previous one", run_id)
-        await send(dumps(Msg.welcome(run_id, connected.last_seq)))
+            log.info("run %s: a newer connection replaces worker %d's", run_id, index)
+        await send(dumps(Msg.welcome(run_id, last_seq)))
         for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
             await send(dumps(Msg.command(command)))
-        await _receive_all(ws, state, run_id, send)
+            at_step = state.workers.commit(run_id, command["id"])
+            if at_step is not None:
+                await send(dumps(Msg.commit(command["id"], at_step)))
+        await _receive_all(ws, state, run_id, send, index)
     except WebSocketDisconnect:
         pass
     except ProtocolError as exc:
@@ -67,8 +77,11 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             await ws.close(exc.code, exc.reason.encode()[:123].decode(errors="ignore"))
     finally:
         if run_id is not None:
-            state.trainers.detach(run_id, send)
-            if not state.trainers.connected(run_id):  # only a `running` run is affected
+            state.trainers.detach(run_id, send, index)
+            if not state.trainers.connected(run_id, index):
+                state.workers.lost(run_id, index)
+            if index == 0 and not state.trainers.connected(run_id, 0):
+                # only a `running` run is affected
                 await _store(
                     state,
                     run_id,
@@ -117,7 +130,7 @@ async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
         raise ProtocolError(Close.POLICY, str(exc)) from None
 
 
-async def _hello(ws: WebSocket) -> str:
+async def _hello(ws: WebSocket) -> tuple[str, int, int]:
     try:
         hello = await _frame(ws, HELLO_TIMEOUT)
     except TimeoutError:
@@ -134,10 +147,16 @@ async def _hello(ws: WebSocket) -> str:
         raise ProtocolError(
             Close.POLICY, f"run_id must be 32 lowercase hex characters, got {run_id!r}."
         )
-    return run_id
+    try:
+        index, count = parse_worker(hello.get("worker"))
+    except ValueError as exc:
+        raise ProtocolError(Close.POLICY, str(exc)) from None
+    return run_id, index, count
 
 
-async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -> None:
+async def _receive_all(
+    ws: WebSocket, state: AppState, run_id: str, send: Any, index: int = 0
+) -> None:
     """Read, validate and store `records` frames; ack each once it is committed.
 
     Up to MAX_IN_FLIGHT frames are stored while the next ones are read and parsed:
@@ -146,7 +165,7 @@ async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -
     in_flight: deque[asyncio.Task[None]] = deque()
     try:
         while True:
-            stored = await _receive(ws, state, run_id, send)
+            stored = await _receive(ws, state, run_id, send, index)
             if stored is not None:
                 in_flight.append(asyncio.ensure_future(stored))
             while in_flight and (len(in_flight) >= MAX_IN_FLIGHT or in_flight[0].done()):
@@ -156,7 +175,7 @@ async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -
 
 
 async def _receive(
-    ws: WebSocket, state: AppState, run_id: str, send: Any
+    ws: WebSocket, state: AppState, run_id: str, send: Any, index: int = 0
 ) -> Awaitable[None] | None:
     """Take one frame; for a `records` frame, what acks it once it is stored."""
     frame = await _frame(ws)
@@ -173,6 +192,17 @@ async def _receive(
         return None
     for message in errors:
         await send(dumps(Msg.error(message)))
+    if state.workers.count(run_id) > 1:
+        for command_id in state.workers.records(run_id, index, records):
+            at_step = state.workers.commit(run_id, command_id)
+            if at_step is not None:
+                await state.trainers.send(run_id, Msg.commit(command_id, at_step), "a commit")
+    if index > 0:  # a job's other worker: read above, acknowledged, not stored
+        worker = state.workers.get(run_id, index)
+        if worker is not None:
+            worker.last_seq = max(worker.last_seq, top_seq)
+        await send(dumps(Msg.ack(top_seq)))
+        return None
     stored = _submit(
         state, run_id, lambda c: ingest.apply_records(c, state.store.memory, run_id, records)
     )

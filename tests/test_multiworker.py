@@ -1,0 +1,206 @@
+"""Multi-worker jobs: two JAX processes on CPU (`jax.distributed`, Keras' DataParallel)
+are one run; Stop and Set LR apply on both at the same step; a dead worker fails the
+run by name. Each process is a real `fit` streaming to a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, ServerProcess, free_port
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("jax")
+
+BOUND = 180  # seconds a scenario may take, both processes included
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    os.environ["KERAS_BACKEND"] = "jax"
+    port, pid, url, token, mode, out = sys.argv[1:7]
+    pid = int(pid)
+    import jax
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid
+    )
+    import httpx
+    import numpy as np
+    import keras
+    from client_callback import LiveMonitor
+
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=jax.devices(), auto_shard_dataset=False)
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1024, 8)).astype("float32")
+    y = (x[:, :2].sum(axis=1) > 0).astype("float32")
+    x, y = x[pid::2], y[pid::2]  # each process feeds its own half of every batch
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="binary_crossentropy")
+    mon = LiveMonitor(url=url, token=token, run_name="job")
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    batches = []
+
+    def command(body):
+        api.post(f"/api/runs/{mon.run_id}/commands", json=body).raise_for_status()
+        deadline = time.monotonic() + 30
+        while not (mon._inbox or mon._waiting):
+            assert time.monotonic() < deadline, "the command never arrived"
+            time.sleep(0.005)
+
+    class Steer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(batch)
+            if mode == "kill" and pid == 1 and len(batches) == 10:
+                os._exit(3)  # a worker dies mid-run
+            if pid == 0 and len(batches) == 20 and mode in ("stop", "set_lr"):
+                command({"kind": "stop"} if mode == "stop" else {"kind": "set_lr", "lr": 0.5})
+
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[mon, Steer()])
+    weights = [np.asarray(w) for w in model.get_weights()]
+    json.dump({
+        "run_id": mon.run_id,
+        "batches": len(batches),
+        "iterations": int(np.asarray(model.optimizer.iterations.value)),
+        "lr": float(np.asarray(model.optimizer.learning_rate)),
+        "weights": float(sum(float(np.abs(w).sum()) for w in weights)),
+    }, open(out, "w"))
+    """
+)
+
+
+def start_job(server: ServerProcess, mode: str, tmp_path: Path) -> list[subprocess.Popen[bytes]]:
+    """Both processes of the job, started."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax"}
+    env.pop("XLA_FLAGS", None)
+    outs = [tmp_path / f"out{i}.json" for i in range(2)]
+    logs = [(tmp_path / f"proc{i}.log").open("w") for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SCRIPT,
+                str(port),
+                str(i),
+                server.url,
+                server.token or "",
+                mode,
+                str(outs[i]),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    for log in logs:
+        log.close()  # the children hold their own copies
+    return procs
+
+
+def run_job(server: ServerProcess, mode: str, tmp_path: Path) -> tuple[list[int], list[Any]]:
+    """Both processes of the job, to their end; their exit codes and what each wrote."""
+    procs = start_job(server, mode, tmp_path)
+    outs = [tmp_path / f"out{i}.json" for i in range(2)]
+    deadline = time.monotonic() + BOUND
+    codes = []
+    try:
+        for proc in procs:
+            codes.append(proc.wait(max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        tails = [(tmp_path / f"proc{i}.log").read_text()[-2000:] for i in range(2)]
+        raise AssertionError(f"the job did not finish within {BOUND} s: {tails}") from None
+    results = [json.loads(out.read_text()) if out.exists() else None for out in outs]
+    assert codes == [0, 0], [(tmp_path / f"proc{i}.log").read_text()[-3000:] for i in range(2)]
+    return codes, results
+
+
+def test_a_job_is_one_run_with_every_process_as_a_worker(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    before = {r["id"] for r in server.client.get("/api/runs").json()["runs"]}
+    _, (first, second) = run_job(server, "plain", tmp_path)
+    assert first["run_id"] == second["run_id"]
+    new = [r for r in server.client.get("/api/runs").json()["runs"] if r["id"] not in before]
+    assert [r["id"] for r in new] == [first["run_id"]]  # one run, not one per process
+    run = server.wait_for(
+        lambda: (r := server.run(first["run_id"]))["status"] == "finished" and r, what="finish"
+    )
+    assert run["step"] == first["iterations"] == 96  # 3 epochs of 32 batches
+    assert server.series(run["id"], "batch", "loss")["step"] == list(range(1, 97))
+    assert [(w["index"], w["step"]) for w in run["workers"]] == [(0, 96), (1, 96)]
+    assert {w["status"] for w in run["workers"]} == {"finished"}
+    assert first["weights"] == pytest.approx(second["weights"])
+
+
+def test_stop_ends_every_process_after_the_same_batch(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    _, (first, second) = run_job(server, "stop", tmp_path)
+    assert first["run_id"] == second["run_id"]
+    assert first["batches"] == second["batches"] < 96
+    assert first["iterations"] == second["iterations"] == first["batches"]
+    assert first["weights"] == pytest.approx(second["weights"], rel=1e-6)
+    run = server.wait_for(
+        lambda: (r := server.run(first["run_id"]))["status"] == "stopped" and r, what="stopped"
+    )
+    (command,) = server.commands(run["id"])
+    assert command["status"] == "applied" and command["step"] + 1 == first["batches"]
+    assert {w["status"] for w in run["workers"]} == {"stopped"}
+
+
+def test_set_lr_applies_on_every_process_from_the_same_step(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    _, (first, second) = run_job(server, "set_lr", tmp_path)
+    assert first["lr"] == second["lr"] == pytest.approx(0.5)
+    assert first["batches"] == second["batches"] == 96
+    assert first["weights"] == pytest.approx(second["weights"], rel=1e-6)
+    run = server.wait_for(
+        lambda: (r := server.run(first["run_id"]))["status"] == "finished" and r, what="finish"
+    )
+    (command,) = server.commands(run["id"])
+    assert command["status"] == "applied" and 20 <= command["step"] <= 24
+    lr = server.series(run["id"], "batch", "learning_rate")
+    assert lr["step"] == [0, command["step"]] and lr["value"] == pytest.approx([0.01, 0.5])
+
+
+def test_a_worker_that_dies_fails_the_run_naming_it(make_server: Any, tmp_path: Path) -> None:
+    server = make_server(token="t" * 16, env={"FITDECK_DISCONNECT_GRACE": "3"})
+    survivor, doomed = start_job(server, "kill", tmp_path)
+    try:
+        assert doomed.wait(BOUND) == 3
+        # The survivor waits in its next collective until JAX gives up on the peer;
+        # the server does not wait for that.
+        (run,) = server.client.get("/api/runs").json()["runs"]
+        run = server.wait_for(
+            lambda: (r := server.run(run["id"]))["status"] == "failed" and r,
+            timeout=30,
+            what="the run to fail",
+        )
+    finally:
+        survivor.kill()
+        survivor.wait()
+    assert run["error"]["type"] == "WorkerLost"
+    assert "worker 1 of 2" in run["error"]["message"]
+    workers = {w["index"]: w["status"] for w in run["workers"]}
+    assert workers[1] == "disconnected"
