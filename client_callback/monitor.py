@@ -49,6 +49,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     One instance is one run: calling `fit` again with the same instance
     continues the run.
 
+    In a multi-worker job every process adds its own LiveMonitor: they share
+    one run, process 0 streams the metrics, every process is listed as a
+    worker, and commands apply on every process before the same batch.
+
     Example:
 
     ```python
@@ -88,10 +92,16 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             Defaults to `5.0`.
         ping_timeout: Seconds without an answer to a ping before the link is
             declared dead and reopened. Defaults to `10.0`.
+        run_id: The run to stream into: 32 lowercase hex characters as they
+            are, any other name hashed to such an id (the same in every
+            process). Give every process of a multi-worker job the same one,
+            or none: the processes of a JAX or `MultiWorkerMirroredStrategy`
+            job then take process 0's. Defaults to `FITDECK_RUN_ID`, else a
+            new id.
 
     Raises:
-        ValueError: on a malformed `url`, over-long names, `params` that is
-            not a dict, or non-positive timeouts and sizes.
+        ValueError: on a malformed `url`, over-long names or `run_id`,
+            `params` that is not a dict, or non-positive timeouts and sizes.
     """
 
     async_safe = True
@@ -354,8 +364,14 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             return
         index, count = job
         if not self._named_run:
-            with contextlib.suppress(Exception):
-                self.run_id = _broadcast_run_id(self.run_id)
+            try:
+                self.run_id = _broadcast_run_id(self.model, self.run_id, index)
+            except Exception as exc:
+                _warn_now(
+                    f"fitdeck: worker {index} of {count} could not learn worker 0's run id "
+                    f"({type(exc).__name__}: {exc}); name the run with "
+                    f"LiveMonitor(run_id=...) or {Env.RUN_ID}."
+                )
         options = dict(self._stream_options)
         if index > 0:  # its own spool: the run's file is worker 0's
             base = options["spool_dir"] or default_spool_dir()
@@ -572,23 +588,46 @@ def _run_id(value: str) -> str:
 
 
 def _job_of(model: Any) -> tuple[int, int] | None:
-    """(this process's index, the number of processes) in a multi-process JAX job."""
-    if type(model).__module__.startswith("tf_keras") or keras.backend.backend() != "jax":
-        return None
-    jax = sys.modules.get("jax")
+    """(this process's index, the number of processes) in a multi-process job: JAX
+    (`jax.distributed`), or TensorFlow's `MultiWorkerMirroredStrategy` (chief first)."""
     try:
+        strategy = getattr(model, "distribute_strategy", None)
+        if type(strategy).__name__.startswith(("MultiWorkerMirrored", "CollectiveAllReduce")):
+            resolver = strategy.cluster_resolver  # type: ignore[union-attr]
+            cluster = resolver.cluster_spec().as_dict()
+            chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+            if chiefs + workers < 2:
+                return None
+            task = resolver.task_id or 0
+            index = task if resolver.task_type == "chief" else chiefs + task
+            return index, chiefs + workers
+        if type(model).__module__.startswith("tf_keras") or keras.backend.backend() != "jax":
+            return None
+        jax = sys.modules.get("jax")
         count = int(jax.process_count()) if jax is not None else 1
         return (int(jax.process_index()), count) if jax is not None and count > 1 else None
     except Exception:
         return None
 
 
-def _broadcast_run_id(run_id: str) -> str:
-    """Process 0's run id, on every process of the job (a collective)."""
+def _broadcast_run_id(model: Any, run_id: str, index: int) -> str:
+    """Worker 0's run id, on every process of the job (one collective)."""
     import numpy as np
-    from jax.experimental import multihost_utils
 
     data = np.frombuffer(bytes.fromhex(run_id), dtype=np.uint8)
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and type(model).__module__.startswith("tf_keras"):
+        import tensorflow as tf
+
+        # Worker 0's replicas give the id and a count of one each, the others zeros.
+        mine = np.concatenate([data, [1]]).astype(np.int64) * (index == 0)
+        total = strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(mine)), axis=None
+        ).numpy()
+        data = (total[:-1] // max(int(total[-1]), 1)).astype(np.uint8)
+        return bytes(data.tolist()).hex()
+    from jax.experimental import multihost_utils
+
     out = multihost_utils.broadcast_one_to_all(data)
     return bytes(np.asarray(out, dtype=np.uint8).tolist()).hex()
 
@@ -670,6 +709,9 @@ def _scalar(value: Any) -> float:
     shards = getattr(inner, "addressable_shards", None)
     if shards:
         return float(shards[0].data)
+    numpy = getattr(value, "numpy", None)  # TensorFlow's distributed (mirrored) variables
+    if callable(numpy):
+        return float(numpy())
     return float(keras.ops.convert_to_numpy(value))
 
 

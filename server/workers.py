@@ -84,7 +84,10 @@ class Workers:
     def __init__(self) -> None:
         self._jobs: dict[str, _Job] = {}
 
-    def hello(self, run_id: str, index: int, count: int) -> Worker:
+    def hello(self, run_id: str, index: int, count: int) -> Worker | None:
+        """A worker connected; None for a single-process run (nothing to coordinate)."""
+        if count < 2:
+            return None
         job = self._jobs.get(run_id)
         if job is None or job.count != count:
             job = self._jobs[run_id] = _Job(count)
@@ -102,19 +105,18 @@ class Workers:
         job = self._jobs.get(run_id)
         return job.count if job is not None else 1
 
-    def describe(self, run_id: str, run_step: int | None = None) -> list[dict[str, Any]]:
+    def describe(self, run: dict[str, Any], connected: bool) -> list[dict[str, Any]]:
         """`GET /api/runs/{run_id}`'s `workers`: one entry per worker seen, by index.
 
-        A single-process run's one worker has the run's step (its records are
-        not read twice for it)."""
-        job = self._jobs.get(run_id)
-        if job is None:
-            return []
-        out = [job.workers[i].public() for i in sorted(job.workers)]
-        if job.count == 1 and run_step is not None:
-            for worker in out:
-                worker["step"] = run_step
-        return out
+        A single-process run is its one worker 0, with the run's step and (once
+        it has ended) the run's status."""
+        job = self._jobs.get(run["id"])
+        if job is not None:
+            return [job.workers[i].public() for i in sorted(job.workers)]
+        status = run.get("status")
+        if status not in ENDED:
+            status = "connected" if connected else "disconnected"
+        return [{"index": 0, "status": status, "step": run.get("step") or 0}]
 
     def records(self, run_id: str, index: int, records: list[dict[str, Any]]) -> list[int]:
         """Note a worker's progress, command reports and end; the commands whose step

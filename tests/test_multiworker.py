@@ -83,26 +83,82 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def start_job(server: ServerProcess, mode: str, tmp_path: Path) -> list[subprocess.Popen[bytes]]:
+# tf_keras (Keras 2) with MultiWorkerMirroredStrategy: two TensorFlow workers (TF_CONFIG).
+TF_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    ports, pid, url, token, mode, out = sys.argv[1:7]
+    pid = int(pid)
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
+        "task": {"type": "worker", "index": pid},
+    })
+    import httpx
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+    from client_callback import LiveMonitor
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1024, 8)).astype("float32")
+    y = (x[:, :2].sum(axis=1) > 0).astype("float32")
+    tf_keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = tf_keras.Sequential([
+            tf_keras.Input((8,)),
+            tf_keras.layers.Dense(16, activation="relu"),
+            tf_keras.layers.Dense(1, activation="sigmoid"),
+        ])
+        model.compile(optimizer=tf_keras.optimizers.SGD(0.01), loss="binary_crossentropy")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # sharded across the workers
+    mon = LiveMonitor(url=url, token=token, run_name="job")
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    batches = []
+
+    def command(body):
+        api.post(f"/api/runs/{mon.run_id}/commands", json=body).raise_for_status()
+        deadline = time.monotonic() + 30
+        while not (mon._inbox or mon._waiting):
+            assert time.monotonic() < deadline, "the command never arrived"
+            time.sleep(0.005)
+
+    class Steer(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(batch)
+            if pid == 0 and len(batches) == 20 and mode in ("stop", "set_lr"):
+                command({"kind": "stop"} if mode == "stop" else {"kind": "set_lr", "lr": 0.5})
+
+    model.fit(data, epochs=3, verbose=0, callbacks=[mon, Steer()])
+    weights = model.get_weights()
+    json.dump({
+        "run_id": mon.run_id,
+        "batches": len(batches),
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "lr": float(model.optimizer.learning_rate.numpy()),
+        "weights": float(sum(float(np.abs(w).sum()) for w in weights)),
+    }, open(out, "w"))
+    """
+)
+
+
+def start_job(
+    server: ServerProcess, mode: str, tmp_path: Path, kind: str = "jax"
+) -> list[subprocess.Popen[bytes]]:
     """Both processes of the job, started."""
-    port = free_port()
+    if kind == "jax":
+        script, where = SCRIPT, str(free_port())
+    else:
+        script, where = TF_SCRIPT, f"{free_port()},{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax"}
     env.pop("XLA_FLAGS", None)
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
     logs = [(tmp_path / f"proc{i}.log").open("w") for i in range(2)]
+    args = [where, "", server.url, server.token or "", mode, ""]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                SCRIPT,
-                str(port),
-                str(i),
-                server.url,
-                server.token or "",
-                mode,
-                str(outs[i]),
-            ],
+            [sys.executable, "-c", script, *args[:1], str(i), *args[2:5], str(outs[i])],
             cwd=ROOT,
             env=env,
             stdout=logs[i],
@@ -115,9 +171,11 @@ def start_job(server: ServerProcess, mode: str, tmp_path: Path) -> list[subproce
     return procs
 
 
-def run_job(server: ServerProcess, mode: str, tmp_path: Path) -> tuple[list[int], list[Any]]:
+def run_job(
+    server: ServerProcess, mode: str, tmp_path: Path, kind: str = "jax"
+) -> tuple[list[int], list[Any]]:
     """Both processes of the job, to their end; their exit codes and what each wrote."""
-    procs = start_job(server, mode, tmp_path)
+    procs = start_job(server, mode, tmp_path, kind)
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
     deadline = time.monotonic() + BOUND
     codes = []
@@ -204,3 +262,34 @@ def test_a_worker_that_dies_fails_the_run_naming_it(make_server: Any, tmp_path: 
     assert "worker 1 of 2" in run["error"]["message"]
     workers = {w["index"]: w["status"] for w in run["workers"]}
     assert workers[1] == "disconnected"
+
+
+# -- tf_keras with MultiWorkerMirroredStrategy -------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["plain", "stop", "set_lr"])
+def test_tf_keras_multi_worker_mirrored_job_is_one_run_and_takes_commands_at_one_step(
+    server: ServerProcess, tmp_path: Path, mode: str
+) -> None:
+    pytest.importorskip("tf_keras")
+    _, (first, second) = run_job(server, mode, tmp_path, kind="tf")
+    assert first["run_id"] == second["run_id"]
+    assert first["batches"] == second["batches"] == first["iterations"] == second["iterations"]
+    assert first["weights"] == pytest.approx(second["weights"], rel=1e-6)
+    assert first["lr"] == second["lr"]
+    status = {"plain": "finished", "stop": "stopped", "set_lr": "finished"}[mode]
+    run = server.wait_for(
+        lambda: (r := server.run(first["run_id"]))["status"] == status and r, what=status
+    )
+    assert [w["index"] for w in run["workers"]] == [0, 1]
+    assert run["step"] == first["iterations"]
+    if mode == "plain":
+        assert first["batches"] == 96  # 3 epochs of 32 batches (each worker half of each)
+    elif mode == "stop":
+        (command,) = server.commands(run["id"])
+        assert first["batches"] < 96 and command["step"] + 1 == first["batches"]
+    else:
+        (command,) = server.commands(run["id"])
+        assert first["lr"] == pytest.approx(0.5) and command["status"] == "applied"
+        lr = server.series(run["id"], "batch", "learning_rate")
+        assert lr["step"] == [0, command["step"]]

@@ -47,7 +47,7 @@ def list_runs(state: StateDep) -> dict[str, Any]:
 @router.get("/runs/{run_id}")
 def get_run(run_id: RunId, state: StateDep) -> dict[str, Any]:
     run = state.store.get_run(run_id)
-    run["workers"] = state.workers.describe(run_id, run.get("step"))
+    run["workers"] = state.workers.describe(run, state.trainers.connected(run_id, 0))
     return {"run": run, "keys": state.store.run_keys(run_id)}
 
 

@@ -58,7 +58,7 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             )
             last_seq = connected.last_seq
         else:  # another worker of a job: its records are read, not stored
-            last_seq = worker.last_seq
+            last_seq = worker.last_seq if worker is not None else 0
         old = state.trainers.attach(run_id, send, index)
         if old is not None:
             log.info("run %s: a newer connection replaces worker %d's", run_id, index)
