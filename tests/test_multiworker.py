@@ -4,6 +4,7 @@ run by name. Each process is a real `fit` streaming to a real server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -144,14 +145,14 @@ TF_SCRIPT = textwrap.dedent(
 
 
 def start_job(
-    server: ServerProcess, mode: str, tmp_path: Path, kind: str = "jax"
+    server: ServerProcess, mode: str, tmp_path: Path, kind: str = "jax", **env_vars: str
 ) -> list[subprocess.Popen[bytes]]:
     """Both processes of the job, started."""
     if kind == "jax":
         script, where = SCRIPT, str(free_port())
     else:
         script, where = TF_SCRIPT, f"{free_port()},{free_port()}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax", **env_vars}
     env.pop("XLA_FLAGS", None)
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
     logs = [(tmp_path / f"proc{i}.log").open("w") for i in range(2)]
@@ -172,10 +173,10 @@ def start_job(
 
 
 def run_job(
-    server: ServerProcess, mode: str, tmp_path: Path, kind: str = "jax"
+    server: ServerProcess, mode: str, tmp_path: Path, kind: str = "jax", **env_vars: str
 ) -> tuple[list[int], list[Any]]:
     """Both processes of the job, to their end; their exit codes and what each wrote."""
-    procs = start_job(server, mode, tmp_path, kind)
+    procs = start_job(server, mode, tmp_path, kind, **env_vars)
     outs = [tmp_path / f"out{i}.json" for i in range(2)]
     deadline = time.monotonic() + BOUND
     codes = []
@@ -229,7 +230,9 @@ def test_stop_ends_every_process_after_the_same_batch(
 def test_set_lr_applies_on_every_process_from_the_same_step(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    _, (first, second) = run_job(server, "set_lr", tmp_path)
+    name = f"job-{time.time_ns()}"  # named by the scheduler, say: no broadcast needed
+    _, (first, second) = run_job(server, "set_lr", tmp_path, FITDECK_RUN_ID=name)
+    assert first["run_id"] == second["run_id"] == hashlib.sha256(name.encode()).hexdigest()[:32]
     assert first["lr"] == second["lr"] == pytest.approx(0.5)
     assert first["batches"] == second["batches"] == 96
     assert first["weights"] == pytest.approx(second["weights"], rel=1e-6)
@@ -293,3 +296,18 @@ def test_tf_keras_multi_worker_mirrored_job_is_one_run_and_takes_commands_at_one
         assert first["lr"] == pytest.approx(0.5) and command["status"] == "applied"
         lr = server.series(run["id"], "batch", "learning_rate")
         assert lr["step"] == [0, command["step"]]
+
+
+def test_run_id_names_the_run_as_given_or_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client_callback import LiveMonitor
+
+    url = "http://127.0.0.1:9"
+    assert LiveMonitor(url=url, run_id="ab" * 16).run_id == "ab" * 16
+    hashed = hashlib.sha256(b"slurm-1234").hexdigest()[:32]
+    assert LiveMonitor(url=url, run_id="slurm-1234").run_id == hashed
+    monkeypatch.setenv("FITDECK_RUN_ID", "slurm-1234")
+    assert LiveMonitor(url=url).run_id == hashed
+    assert LiveMonitor(url=url, run_id="other").run_id != hashed  # the argument wins
+    for bad in ("", "x" * 201):
+        with pytest.raises(ValueError, match="run_id must be"):
+            LiveMonitor(url=url, run_id=bad)
