@@ -22,7 +22,7 @@ import keras
 
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, RUN_ID, Env, Rec, encode_value
+from server.protocol import LR_KEY, MAX_NAME, RUN_ID, SETTINGS_META, Env, Rec, encode_value
 from server.spool import default_spool_dir
 
 __all__ = ["LiveMonitor"]
@@ -545,6 +545,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             "keras_version": _legacy_version() if legacy else keras.__version__,
             "backend": "tensorflow" if legacy else keras.backend.backend(),
             "lr_schedule": _schedule_name(optimizer) if optimizer is not None else None,
+            SETTINGS_META: [LR_KEY],  # series that hold until changed: drawn as steps
         }
         batch_size = params.get("batch_size") or _fit_batch_size()
         if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:

@@ -43,6 +43,7 @@ __all__ = [
     "RUN_ID",
     "RUN_STATUSES",
     "SCOPES",
+    "SETTINGS_META",
     "TRAIN_PATH",
     "WORKER_STATUSES",
     "Close",
@@ -126,6 +127,10 @@ WORKER_STATUSES: Final = ("connected", "disconnected", "finished", "stopped", "f
 SCOPES: Final = ("epoch", "batch")
 LR_KEY: Final = "learning_rate"
 """The batch-scope series (and epoch log) holding the learning rate."""
+SETTINGS_META: Final = "settings"
+"""The `run_start` meta field listing the series that are settings, not measurements:
+values that hold until changed (LR_KEY always is one). The dashboard and the report
+draw them as steps and never smooth them."""
 
 RUN_STATUSES: Final = ("running", "paused", "finished", "stopped", "failed", "disconnected")
 ENDED: Final = frozenset({"finished", "stopped", "failed"})
@@ -409,6 +414,7 @@ def browser_constants() -> dict[str, Any]:
         "MAX_NAME": MAX_NAME,
         "MAX_SUBSCRIPTIONS": MAX_SUBSCRIPTIONS,
         "LR_KEY": LR_KEY,
+        "SETTINGS_META": SETTINGS_META,
         "SCOPES": list(SCOPES),
         "RUN_STATUSES": list(RUN_STATUSES),
         "ENDED": sorted(ENDED),

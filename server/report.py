@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.downsample import Point
+from server.protocol import LR_KEY, SETTINGS_META
 
-__all__ = ["build", "chart_groups"]
+__all__ = ["build", "chart_groups", "figure", "setting_keys"]
 
-LR_KEY = "learning_rate"
 Series = dict[str, tuple[list[Point], bool]]
 COLORS = ["#1f6feb", "#e8710a", "#1a7f37", "#8250df", "#d1242f"]
 
@@ -38,6 +38,29 @@ def chart_groups(keys: Sequence[str]) -> dict[str, list[str]]:
     for keys_ in groups.values():
         keys_.sort(key=lambda k: (k.startswith("val_"), k))
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] != "loss", kv[0])))
+
+
+def setting_keys(run: dict[str, Any]) -> frozenset[str]:
+    """The run's series that are settings (drawn as steps): LR_KEY and meta's SETTINGS_META."""
+    listed = (run.get("meta") or {}).get(SETTINGS_META)
+    extra = [k for k in listed if isinstance(k, str)] if isinstance(listed, list) else []
+    return frozenset({LR_KEY, *extra})
+
+
+def _run_end_x(epoch: Series, batch: Series) -> float | None:
+    """How far the run got on the x axis (epochs done): its last batch or epoch point."""
+    ends = [p[-1].epoch for p, _ in batch.values() if p and p[-1].epoch is not None]
+    ends += [p[-1].epoch + 1 for p, _ in epoch.values() if p and p[-1].epoch is not None]
+    return max(ends) if ends else None
+
+
+def _hold_to(
+    x: list[float], y: list[float | None], end: float | None
+) -> tuple[list[float], list[float | None]]:
+    """A setting's step line carried on to `end`: its last value holds until the run ended."""
+    if end is None or not x or end <= x[-1]:
+        return x, y
+    return [*x, end], [*y, y[-1]]
 
 
 def _xy(points: list[Point], epoch_plus_one: bool) -> tuple[list[float], list[float | None]]:
@@ -68,8 +91,27 @@ def _nonfinite(points: list[Point], epoch_plus_one: bool) -> tuple[list[float], 
 
 def build(run: dict[str, Any], epoch: Series, batch: Series, events: list[dict[str, Any]]) -> str:
     """The report as one HTML document (plotly.js included)."""
+    fig = figure(run, epoch, batch, events)
+    name = run.get("name") or run["id"]
+    out: str = fig.to_html(
+        include_plotlyjs=True, full_html=True, config={"displaylogo": False}, div_id="report"
+    )
+    return out.replace("<head>", f"<head><title>{html.escape(name)} · fitdeck report</title>", 1)
+
+
+def figure(run: dict[str, Any], epoch: Series, batch: Series, events: list[dict[str, Any]]) -> Any:
+    """The report's Plotly figure: the run's table, one chart per metric, the learning rate.
+
+    x is epochs done, as on the dashboard's epoch axis: epoch index `e` (0-based,
+    as stored) ends at `e + 1`, so "Epoch 1" of Keras' progress bar is at 1.
+    Settings (the learning rate, and the series in meta's SETTINGS_META) are step
+    lines that hold their last value to the end of the run.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    settings = setting_keys(run)
+    end_x = _run_end_x(epoch, batch)
 
     groups = chart_groups(list({*epoch, *batch}))
     has_lr = LR_KEY in batch or LR_KEY in epoch
@@ -97,12 +139,16 @@ def build(run: dict[str, Any], epoch: Series, batch: Series, events: list[dict[s
     for row, (base, keys) in enumerate(groups.items(), start=2):
         for i, key in enumerate(keys):
             color = COLORS[i % len(COLORS)]
+            shape = "hv" if key in settings else "linear"
             if key in batch and batch[key][0]:
                 x, y = _xy(batch[key][0], epoch_plus_one=False)
+                if key in settings:
+                    x, y = _hold_to(x, y, end_x)
                 fig.add_trace(
                     go.Scatter(
                         x=x, y=y, mode="lines", name=_text(f"{key} (batch)"),
-                        line={"color": color, "width": 1}, opacity=0.35, legendgroup=base,
+                        line={"color": color, "width": 1, "shape": shape}, opacity=0.35,
+                        legendgroup=base,
                     ),
                     row=row, col=1,
                 )  # fmt: skip
@@ -111,7 +157,7 @@ def build(run: dict[str, Any], epoch: Series, batch: Series, events: list[dict[s
                 fig.add_trace(
                     go.Scatter(
                         x=x, y=y, mode="lines+markers", name=_text(key),
-                        line={"color": color, "width": 2}, legendgroup=base,
+                        line={"color": color, "width": 2, "shape": shape}, legendgroup=base,
                     ),
                     row=row, col=1,
                 )  # fmt: skip
@@ -131,7 +177,7 @@ def build(run: dict[str, Any], epoch: Series, batch: Series, events: list[dict[s
         fig.update_xaxes(title_text="epoch", row=row, col=1)
     if has_lr:
         lr_points = batch[LR_KEY][0] if LR_KEY in batch else epoch[LR_KEY][0]
-        x, y = _xy(lr_points, epoch_plus_one=LR_KEY not in batch)
+        x, y = _hold_to(*_xy(lr_points, epoch_plus_one=LR_KEY not in batch), end_x)
         fig.add_trace(
             go.Scatter(x=x, y=y, mode="lines", line={"shape": "hv"}, name="learning_rate"),
             row=rows, col=1,
@@ -167,10 +213,7 @@ def build(run: dict[str, Any], epoch: Series, batch: Series, events: list[dict[s
         hovermode="x unified",
         legend={"orientation": "h"},
     )
-    out: str = fig.to_html(
-        include_plotlyjs=True, full_html=True, config={"displaylogo": False}, div_id="report"
-    )
-    return out.replace("<head>", f"<head><title>{html.escape(name)} · fitdeck report</title>", 1)
+    return fig
 
 
 def _info(run: dict[str, Any]) -> dict[str, str]:

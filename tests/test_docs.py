@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.routing import APIWebSocketRoute
@@ -120,3 +122,89 @@ def test_every_test_the_readme_cites_exists() -> None:
     for filename, name in cited:
         source = (ROOT / "tests" / filename).read_text()
         assert f"def {name}(" in source, f"README cites {filename}::{name}, which does not exist"
+
+
+def documented_open_routes() -> set[str]:
+    """The routes docs/http_api.md lists as open without the token (its open-routes table)."""
+    table = HTTP_API.split("<!-- open-routes -->", 1)[1].split("<!-- /open-routes -->", 1)[0]
+    return set(re.findall(r"^\| `(GET [^`]+)` \|", table, re.M))
+
+
+def test_the_routes_open_without_the_token_are_the_documented_ones(tmp_path: Path) -> None:
+    """Every HTTP route is asked without the token: those that answer are the documented set."""
+    from fastapi.testclient import TestClient
+    from starlette.routing import Mount, Route
+
+    app = create_app(Settings(db=tmp_path / "d.db", token="the-token-" + "x" * 22))
+    run_id = "0" * 32
+    asked: list[tuple[str, str]] = []
+
+    def walk(routes: Any) -> None:
+        for route in routes:
+            if isinstance(route, Route):  # APIRoute too
+                path = route.path.replace("{run_id}", run_id)
+                asked.extend((m, path) for m in sorted(route.methods or ()) if m != "HEAD")
+            elif isinstance(route, Mount):
+                asked.append(("GET", f"{route.path}/js/main.js"))  # a file the mount serves
+            elif hasattr(route, "original_router"):  # an included router (FastAPI ≥ 0.120)
+                walk(route.original_router.routes)
+
+    walk(app.routes)
+    assert ("POST", f"/api/runs/{run_id}/commands") in asked and len(asked) >= 14
+
+    open_routes = set()
+    with TestClient(app) as anonymous:
+        for method, path in asked:
+            answer = anonymous.request(method, path, json={})
+            if answer.status_code != 401:
+                assert answer.status_code < 400, (method, path, answer.status_code)
+                shown = "/static/…" if path.startswith("/static/") else path
+                open_routes.add(f"{method} {shown}")
+            else:
+                assert answer.json()["error"]["status"] == 401
+        # With the right token the closed ones let the request through.
+        answer = anonymous.get(
+            "/api/runs", headers={"Authorization": "Bearer the-token-" + "x" * 22}
+        )
+        assert answer.status_code == 200
+    assert open_routes == documented_open_routes()
+    for route in open_routes:  # the README's Security section names them too
+        assert f"`{route.split()[1].rstrip('…')}" in README, route
+
+
+def json_after(heading: str) -> Any:
+    """The first JSON example under `heading` in docs/http_api.md."""
+    section = HTTP_API.split(f"\n{heading}\n", 1)[1]
+    return json.loads(section.split("```json\n", 1)[1].split("\n```", 1)[0])
+
+
+@pytest.mark.slow
+def test_the_run_example_has_the_fields_a_real_run_has(server: Any) -> None:
+    """The Run, Command and Event examples have exactly the keys a real `fit` makes."""
+    pytest.importorskip("keras")
+    from client_callback import LiveMonitor
+    from tests.conftest import callback, make_data, make_model
+
+    x, y = make_data(64)
+    mon = LiveMonitor(url=server.url, token=server.token, run_name="docs", params={"a": 1})
+    post = callback(
+        on_train_batch_end=lambda self, batch, logs=None: (
+            batch == 0
+            and not server.commands(mon.run_id)
+            and server.client.post(
+                f"/api/runs/{mon.run_id}/commands", json={"kind": "set_lr", "lr": 0.005}
+            )
+        )
+    )
+    make_model().fit(x, y, epochs=2, batch_size=16, callbacks=[mon, post], verbose=0)
+    real = server.run(mon.run_id)
+    doc = json_after("### Run")
+    assert set(doc) == set(real)
+    assert set(doc["meta"]) == set(real["meta"])
+    assert set(doc["meta"]["optimizer"]) == set(real["meta"]["optimizer"])
+    assert set(doc["meta"]["layers"][0]) == set(real["meta"]["layers"][0])
+    assert real["meta"][protocol.SETTINGS_META] == doc["meta"][protocol.SETTINGS_META]
+    [command] = server.commands(mon.run_id)
+    assert set(json_after("### Command")) == set(command)
+    events = server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
+    assert events and all(set(e) == set(json_after("### Event")) for e in events)

@@ -524,3 +524,196 @@ def test_a_million_point_run_loads_fast_and_redraws_smoothly(
         assert not board.errors, board.errors
     finally:
         context.close()
+
+
+# -- control guards, settings drawn as steps, numbering ---------------------------
+
+
+def drawn(board: Dashboard, selector: str) -> list[dict[str, Any]]:
+    """The line traces of the chart at `selector`: role, label, line shape, x, y."""
+    result: list[dict[str, Any]] = board.page.evaluate(
+        """sel => document.querySelector(sel).data
+            .filter(t => t.meta && (t.meta.role === "raw" || t.meta.role === "smoothed"))
+            .map(t => ({role: t.meta.role, label: t.meta.label, shape: t.line.shape,
+                        x: Array.from(t.x), y: Array.from(t.y)}))""",
+        selector,
+    )
+    return result
+
+
+def lr_record(
+    t: float, step: int, lr: float, previous: float | None, spe: int = 10
+) -> dict[str, Any]:
+    source = "initial" if previous is None else "callback"
+    return {"type": "lr", "t": t, "step": step, "epoch": step / spe, "lr": lr,
+            "previous": previous, "source": source}  # fmt: skip
+
+
+def test_a_learning_rate_more_than_ten_times_away_asks_first(
+    dashboard: Dashboard, server: ServerProcess
+) -> None:
+    t0 = time.time() - 60
+    trainer = Trainer(server).start("lr-guard", "web-tests", t0)
+    trainer.send(lr_record(t0, 0, 0.01, None))
+    trainer.batches(range(1, 4), t0, lambda s: 0.5)
+    run_id = trainer.run_id
+    dashboard.open_run(run_id)
+    page = dashboard.page
+    page.locator("#lr-current", has_text="0.01").wait_for()
+    dialog = page.locator("#lr-dialog")
+
+    # 1e5 is 10,000,000x the current rate: asked, and cancelling sends nothing.
+    page.fill("#lr-input", "1e5")
+    page.click("#lr-submit")
+    dialog.wait_for(state="visible")
+    text = page.text_content("#lr-dialog-text") or ""
+    assert "100000" in text and "larger" in text and "0.01" in text
+    page.click("#cancel-lr")
+    assert not dialog.is_visible()
+    page.locator("#control-message", has_text="cancelled").wait_for()
+    # Escape cancels too.
+    page.click("#lr-submit")
+    dialog.wait_for(state="visible")
+    page.keyboard.press("Escape")
+    assert not dialog.is_visible()
+    assert server.commands(run_id) == []
+
+    # Within 10x either way (0.05 is 5x): sent at once, no question.
+    page.fill("#lr-input", "0.05")
+    page.click("#lr-submit")
+    server.wait_for(lambda: len(server.commands(run_id)) == 1, what="the first command")
+    assert not dialog.is_visible()
+
+    # 20x smaller: asked, and confirming sends it.
+    page.fill("#lr-input", "0.0005")
+    page.press("#lr-input", "Enter")
+    dialog.wait_for(state="visible")
+    assert "20\N{MULTIPLICATION SIGN} smaller" in (page.text_content("#lr-dialog-text") or "")
+    page.click("#confirm-lr")
+    server.wait_for(lambda: len(server.commands(run_id)) == 2, what="the confirmed command")
+    assert [c["lr"] for c in server.commands(run_id)] == [0.05, 0.0005]
+    trainer.end(t0 + 30)
+    trainer.close()
+
+
+def test_set_lr_is_off_with_the_reason_when_a_schedule_sets_the_rate(
+    dashboard: Dashboard, server: ServerProcess
+) -> None:
+    t0 = time.time() - 60
+    meta = {"lr_schedule": "ExponentialDecay"}  # as the callback names it, mixed precision too
+    trainer = Trainer(server).start("scheduled", "web-tests", t0, meta=meta)
+    trainer.send(lr_record(t0, 0, 0.01, None))
+    dashboard.open_run(trainer.run_id)
+    page = dashboard.page
+    page.locator("#lr-current", has_text="0.01").wait_for()
+    assert page.locator("#lr-submit").is_disabled()
+    assert page.locator("#lr-input").is_disabled()
+    reason = page.locator("#lr-locked")
+    assert reason.is_visible()
+    assert "ExponentialDecay schedule" in (reason.text_content() or "")
+    assert page.get_attribute("#lr-submit", "title") == reason.text_content()
+    assert not page.locator("#stop-button").is_disabled()  # Stop still works
+    trainer.end(t0 + 30)
+    trainer.close()
+
+    # A run without a schedule has Set LR on and no reason shown.
+    plain = Trainer(server).start("plain", "web-tests", t0)
+    plain.send(lr_record(t0, 0, 0.01, None))
+    dashboard.open_run(plain.run_id)
+    page.locator("#lr-current", has_text="0.01").wait_for()
+    assert not page.locator("#lr-submit").is_disabled()
+    assert not page.locator("#lr-locked").is_visible()
+    plain.end(t0 + 30)
+    plain.close()
+
+
+def settings_run(server: ServerProcess, name: str, project: str, t0: float) -> str:
+    """30 batches of loss and momentum (a setting: 0.9, then 0.8 from step 15), LR
+    0.01 then 0.001 from step 12, three epochs with their LR; finished."""
+    trainer = Trainer(server).start(
+        name, project, t0, meta={"epochs": 3, "settings": ["learning_rate", "momentum"]}
+    )
+    trainer.send(lr_record(t0, 0, 0.01, None))
+    records = []
+    for s in range(1, 31):
+        logs = {"loss": 1.0 / s + (0.2 if s % 2 else 0.0), "momentum": 0.9 if s < 15 else 0.8}
+        records.append({"type": "batch", "t": t0 + s, "step": s, "epoch": s / 10, "logs": logs})
+        if s == 12:
+            records.append(lr_record(t0 + s, 12, 0.001, 0.01))
+        if s % 10 == 0:
+            lr = 0.01 if s == 10 else 0.001
+            records.append({"type": "epoch", "t": t0 + s, "step": s, "epoch": s // 10 - 1,
+                            "logs": {"loss": 1.0 / s, "learning_rate": lr}})  # fmt: skip
+    trainer.send(*records)
+    trainer.end(t0 + 31)
+    trainer.close()
+    return trainer.run_id
+
+
+def test_settings_are_drawn_as_steps_and_never_smoothed(
+    dashboard: Dashboard, server: ServerProcess
+) -> None:
+    page = dashboard.page
+    page.evaluate("() => localStorage.clear()")  # smoothing at its default, on
+    project = f"steps-{secrets.token_hex(3)}"
+    t0 = time.time() - 100
+    ids = [settings_run(server, name, project, t0) for name in ("steps-a", "steps-b")]
+
+    # The run page: loss is smoothed; momentum (marked a setting) and the LR are steps.
+    dashboard.open_run(ids[0])
+    wait_chart(dashboard, "loss", smoothing="0.6")
+    wait_chart(dashboard, "momentum", smoothing="0.6")
+    assert {t["role"] for t in drawn(dashboard, '#charts .chart[data-key="loss"]')} == {
+        "raw", "smoothed"
+    }  # fmt: skip
+    (momentum,) = drawn(dashboard, '#charts .chart[data-key="momentum"]')
+    assert momentum["role"] == "raw" and momentum["shape"] == "hv"
+    assert momentum["y"] == [0.9] * 14 + [0.8] * 16
+    page.wait_for_function("() => document.querySelector('#lr-chart').data")
+    (lr,) = drawn(dashboard, "#lr-chart")
+    assert lr["shape"] == "hv" and lr["role"] == "raw"
+    # The last rate holds to the last batch of the run.
+    assert lr["x"] == [0, 12, 30] and lr["y"] == pytest.approx([0.01, 0.001, 0.001])
+
+    # The compare page: the same, per run, in both scopes.
+    page.goto(f"{dashboard.url}/#/compare/{ids[0]},{ids[1]}")
+    lr_chart = '#compare-charts .chart[data-key="learning_rate"]'
+    page.wait_for_selector(f'{lr_chart}[data-points="6"]')  # epoch scope: 3 epochs x 2 runs
+    assert page.get_attribute(lr_chart, "data-smoothing") == "0.6"
+    lines = drawn(dashboard, lr_chart)
+    assert [t["role"] for t in lines] == ["raw", "raw"]
+    assert {t["shape"] for t in lines} == {"hv"}
+    assert lines[0]["x"] == [10, 20, 30] and lines[0]["y"] == pytest.approx([0.01, 0.001, 0.001])
+    loss_roles = {t["role"] for t in drawn(dashboard, '#compare-charts .chart[data-key="loss"]')}
+    assert loss_roles == {"raw", "smoothed"}
+
+    page.click("#compare-scope button[data-scope='batch']")
+    momentum_chart = '#compare-charts .chart[data-key="momentum"]'
+    page.wait_for_selector(f'{momentum_chart}[data-points="60"]')
+    page.wait_for_selector(f'{lr_chart}[data-points="4"]')
+    for selector in (lr_chart, momentum_chart):
+        lines = drawn(dashboard, selector)
+        assert [t["role"] for t in lines] == ["raw", "raw"], selector
+        assert {t["shape"] for t in lines} == {"hv"}, selector
+    lr_lines = drawn(dashboard, lr_chart)
+    assert [t["x"] for t in lr_lines] == [[0, 12, 30], [0, 12, 30]]
+
+
+def test_epochs_and_batches_are_numbered_from_one_everywhere(
+    dashboard: Dashboard, scripted_run: dict[str, Any]
+) -> None:
+    """Stored 0-based (epoch 3, batch 0 for the stop command), shown 1-based like Keras."""
+    page = dashboard.page
+    dashboard.open_run(scripted_run["run_id"])
+    row = page.locator('#commands-body tr[data-kind="stop"]')
+    row.locator(".badge", has_text="applied").wait_for()
+    assert row.locator(".detail").text_content() == "epoch 4, batch 1"
+    assert "after step 30" in (row.locator(".detail").get_attribute("title") or "")
+    events = page.locator("#events li").all_text_contents()
+    lr_event = next(e for e in events if "LR 0.01 → 0.005" in e)
+    assert "in epoch 3 (after step 20)" in lr_event  # progress 2.0: the third epoch begins
+    early = next(e for e in events if "stopped early" in e)
+    assert "in epoch 4" in early
+    # The progress card: the 4th of 4 epochs, all its 10 batches done.
+    assert page.text_content("#progress-epoch") == "Epoch 4 / 4"
+    assert page.text_content("#progress-step") == "batch 10 / 10"

@@ -33,7 +33,7 @@ export function sourceStyle(src, { color, type, withMarkers, smoothing, axis }) 
     label: plotlyText(src.label),
     name: src.label,
     color,
-    shape: src.shape || "linear",
+    shape: src.setting ? "hv" : src.shape || "linear",
     dash: src.dash || "solid",
     smoothing,
     axis,

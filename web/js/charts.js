@@ -88,7 +88,9 @@ function emptyCache(series, smoothing) {
 /**
  * A Plotly chart in `container` (a div that becomes the Plotly graph div).
  * sources: [{label, series, epochOffset: 0 | 1, t0, color?, dash?, shape: "linear" | "hv",
- *            tail: () => ({step, epoch, t, y}) | null}]
+ *            setting?: true, tail: () => ({step, epoch, t, y}) | null}]
+ *          `setting`: a value that holds until changed (the learning rate): drawn
+ *          as steps ("hv") and never smoothed, whatever the chart's smoothing.
  * events:  [{step, epoch, t, text, color}] (epoch: progress, as a batch point's)
  */
 export class Chart {
@@ -222,16 +224,17 @@ export class Chart {
     const stats = { points: 0, nonFinite: 0, min: Infinity, max: -Infinity, maxX: -Infinity };
     this.sources.forEach((src, i) => {
       const c = this.build(i);
+      const smoothed = smoothing && !src.setting; // a setting's steps were never in between
       const style = sourceStyle(src, {
         color: src.color || theme.series[i % theme.series.length],
         type: this.traceType,
         withMarkers: this.markers || c.x.length < 3,
-        smoothing,
+        smoothing: smoothed,
         axis,
       });
       const raw = this.visiblePoints(src, c);
       lines.push(rawTrace(raw, style));
-      if (smoothing) lines.push(smoothedTrace(decimate(c.x, c.sy, this.xRange, DRAW_BUCKETS), c.y, style));
+      if (smoothed) lines.push(smoothedTrace(decimate(c.x, c.sy, this.xRange, DRAW_BUCKETS), c.y, style));
       markers.push(nonFiniteTrace({ x: c.mx, y: c.my, text: c.mtext }, style, theme.danger));
       stats.points += c.y.length;
       stats.nonFinite += c.mx.length;

@@ -12,6 +12,7 @@ import { formatValue } from "./format.js";
 import { LiveLoader, fetchHistory, mergeHistory, messageRunId } from "./loader.js";
 import { LR_KEY } from "./protocol.js";
 import { statusBadge } from "./runs_view.js";
+import { isSetting, settingTail } from "./settings.js";
 import { RunData } from "./store.js";
 
 const MAX_POINTS = { batch: 2000, epoch: 5000 };
@@ -151,6 +152,10 @@ export class CompareView {
           else if (key !== LR_KEY) added = true;
         }
         if (added) this.syncCharts();
+        if (message.scope === "batch") {
+          // A setting's step line runs on to the latest batch.
+          for (const card of this.charts.all()) if (card.chart.sources.some((src) => src.tail)) card.chart.invalidate();
+        }
         break;
       }
       default:
@@ -245,14 +250,21 @@ export class CompareView {
       const data = this.data.get(id);
       for (const key of keys) {
         if (!data.keys(this.scope).includes(key)) continue;
-        sources.push({
+        const series = data.series(this.scope, key);
+        const source = {
           label: `${run.name || id.slice(0, 8)} · ${key}`,
-          series: data.series(this.scope, key),
+          series,
           epochOffset: this.scope === "epoch" ? 1 : 0,
           t0: run.created_at,
           color: theme.series[i % theme.series.length],
           dash: key.startsWith("val_") ? "dash" : "solid",
-        });
+        };
+        if (isSetting(run, key)) {
+          // Drawn as steps, never smoothed; in batch scope it runs on to the run's last batch.
+          source.setting = true;
+          if (this.scope === "batch") source.tail = settingTail(data, series, run);
+        }
+        sources.push(source);
       }
     });
     return sources;

@@ -1,4 +1,9 @@
 // Number, time and text formatting shared by the views.
+//
+// Numbering: the server stores what Keras passes to callbacks, a 0-based
+// epoch index and a 0-based batch index within the epoch; the page shows both
+// 1-based, as Keras' progress bar does ("Epoch 1/5" is the first epoch). A
+// step is the count of batches done in the run (the first batch ends step 1).
 
 import { encodeNumber } from "./protocol.js";
 
@@ -65,4 +70,16 @@ export function formatValue(v) {
   if (typeof v === "number") return formatLr(v);
   if (typeof v === "string") return v;
   return JSON.stringify(v);
+}
+
+/** "epoch 2, batch 3" for the 0-based epoch and batch indices Keras uses (shown 1-based). */
+export function formatWhere(epoch, batch) {
+  const e = Number.isInteger(epoch) ? `epoch ${epoch + 1}` : null;
+  const b = Number.isInteger(batch) ? `batch ${batch + 1}` : null;
+  return [e, b].filter(Boolean).join(", ");
+}
+
+/** The 1-based epoch a batch-scope progress value (e + b / steps) falls in. */
+export function epochOfProgress(progress) {
+  return Number.isFinite(progress) ? Math.floor(progress + 1e-9) + 1 : null;
 }

@@ -17,6 +17,11 @@ export const MAX_NAME = 200;
 export const MAX_SUBSCRIPTIONS = 64;
 /** The series (and epoch log) holding the learning rate. */
 export const LR_KEY = "learning_rate";
+/**
+ * The run meta field listing the series that are settings (values that hold
+ * until changed): drawn as steps, never smoothed. LR_KEY always is one.
+ */
+export const SETTINGS_META = "settings";
 
 export const SCOPES = Object.freeze(["epoch", "batch"]);
 export const RUN_STATUSES = Object.freeze(["running", "paused", "finished", "stopped", "failed", "disconnected"]);

@@ -7,6 +7,7 @@ import { ChartGrid, chartKey, groupByChart, wireLogToggle } from "./chart_grid.j
 import { Chart } from "./charts.js";
 import { $, setText } from "./dom.js";
 import { LR_KEY } from "./protocol.js";
+import { isSetting, settingTail } from "./settings.js";
 
 export const MAX_POINTS = { batch: 5000, epoch: 5000 }; // per series and request
 
@@ -69,6 +70,10 @@ export class RunCharts {
         else added = true;
       }
       if (added) this.sync();
+      if (scope === "batch") {
+        // A setting's step line runs on to the latest batch.
+        for (const card of this.grid.all()) if (card.chart.sources.some((src) => src.tail)) card.chart.invalidate();
+      }
     }
     if (this.lrChart && (scope === "batch" || touched.has(LR_KEY))) {
       this.syncLr();
@@ -130,7 +135,15 @@ export class RunCharts {
         card.keys = group;
         const epochOffset = this.scope === "batch" ? 0 : 1;
         const t0 = run ? run.created_at : 0;
-        card.chart.setSources(group.map((k) => ({ label: k, series: data.series(this.scope, k), epochOffset, t0 })));
+        card.chart.setSources(
+          group.map((k) => {
+            const series = data.series(this.scope, k);
+            const source = { label: k, series, epochOffset, t0 };
+            if (!isSetting(run, k)) return source;
+            const tail = this.scope === "batch" ? settingTail(data, series, run) : null;
+            return { ...source, setting: true, tail };
+          }),
+        );
         card.chart.setEvents(this.view.eventMarks());
       }
     }
@@ -180,9 +193,9 @@ export class RunCharts {
         const p = progress.latest;
         return p && { step: p.step, epoch: p.epoch, t: p.t, y: batchLr.value[batchLr.length - 1] };
       };
-      source = { label: LR_KEY, series: batchLr, epochOffset: 0, t0, shape: "hv", tail };
+      source = { label: LR_KEY, series: batchLr, epochOffset: 0, t0, setting: true, tail };
     } else if (epochLr && epochLr.length) {
-      source = { label: LR_KEY, series: epochLr, epochOffset: 1, t0, shape: "hv" };
+      source = { label: LR_KEY, series: epochLr, epochOffset: 1, t0, setting: true };
     } else {
       return;
     }

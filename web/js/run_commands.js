@@ -2,7 +2,7 @@
 // status as it moves pending → delivered → applied (or rejected, expired).
 
 import { $, h, replaceChildren } from "./dom.js";
-import { formatClock, formatLr } from "./format.js";
+import { formatClock, formatLr, formatWhere } from "./format.js";
 import { COMMAND_STATUSES, FINAL_COMMAND } from "./protocol.js";
 import { statusBadge } from "./runs_view.js";
 
@@ -39,14 +39,18 @@ export class CommandList {
 function commandRow(c) {
   const what = c.kind === "set_lr" ? `set LR → ${formatLr(c.lr)}` : c.kind;
   let detail = "";
+  const where = formatWhere(c.epoch, c.batch); // 1-based, as the progress card counts
   if (c.status === "applied") {
-    detail = c.epoch !== null && c.epoch !== undefined ? `epoch ${c.epoch}, batch ${c.batch}` : "applied";
+    detail = where || "applied";
   } else if (FINAL_COMMAND.includes(c.status)) {
     detail = c.reason || "";
   }
   const badge = h("span", { class: "badge" });
   statusBadge(badge, c.status);
-  const step = c.step !== null && c.step !== undefined ? `step ${c.step}` : null;
+  const step =
+    c.step !== null && c.step !== undefined
+      ? `${where ? `${where}: ` : ""}took effect after step ${c.step} (batches done in the run)`
+      : null;
   return h(
     "tr",
     { dataset: { commandId: c.id, status: c.status, kind: c.kind } },

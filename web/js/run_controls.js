@@ -1,25 +1,17 @@
 // The controls card of the run page: stop training (after a confirmation)
 // and set the learning rate. Both POST a command; its progress shows in the
 // commands table (run_commands.js).
+//
+// Guards (lr.js): a learning rate more than LR_CONFIRM_FACTOR times away from
+// the current one (up or down) asks for a confirmation first; Set LR is
+// disabled, with the reason shown, when the optimizer's rate comes from a
+// schedule (the run's meta.lr_schedule), which would refuse it.
 
 import * as api from "./api.js";
 import { $, setText } from "./dom.js";
 import { formatLr } from "./format.js";
+import { lrJump, lrLockedReason, parseLr } from "./lr.js";
 import { ENDED } from "./protocol.js";
-
-const DECIMAL = /^\s*\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/;
-
-/** Parse the LR input: a finite number > 0, or an error message naming what was typed. */
-export function parseLr(text) {
-  const s = String(text).trim();
-  if (!s) return { error: "Enter a learning rate, e.g. 0.001 or 1e-4." };
-  const value = Number(s);
-  if (Number.isFinite(value) && value <= 0) return { error: `A learning rate must be > 0; got ${s}.` };
-  if (!DECIMAL.test(s) || !Number.isFinite(value)) {
-    return { error: `A learning rate is a finite number > 0; got "${s}".` };
-  }
-  return { value };
-}
 
 export class RunControls {
   /** view: {runId, run} of the open run; onSent(command): a command was stored. */
@@ -40,14 +32,20 @@ export class RunControls {
     setText($("#control-message"), "");
   }
 
-  /** Enable or disable the controls for the run's status; show its LR. */
+  /** Enable or disable the controls for the run's status and LR schedule; show its LR. */
   render(run) {
     const ended = !run || ENDED.includes(run.status);
+    const locked = lrLockedReason(run);
     $("#stop-button").disabled = ended;
-    this.input.disabled = ended;
-    $("#lr-submit").disabled = ended;
+    this.input.disabled = ended || locked !== null;
+    $("#lr-submit").disabled = ended || locked !== null;
+    const note = $("#lr-locked");
+    note.hidden = locked === null;
+    setText(note, locked || "");
+    $("#lr-submit").title = locked || "";
     setText($("#lr-current"), run ? formatLr(run.lr) : "—");
-    if (run && !this.lrDirty && document.activeElement !== this.input && run.lr !== null) {
+    const untouched = !this.lrDirty && document.activeElement !== this.input; // the user is not typing
+    if (run && run.lr !== null && (locked !== null || untouched)) {
       this.input.value = formatLr(run.lr);
     }
     if (ended && run) setText($("#control-message"), `Training ${run.status}: no more commands.`);
@@ -93,8 +91,39 @@ export class RunControls {
         return;
       }
       this.showError("");
+      const { run, runId } = this.view;
+      const factor = run ? lrJump(parsed.value, run.lr) : null;
+      if (factor !== null && !(await this.confirmJump(parsed.value, run.lr, factor))) {
+        if (runId !== this.view.runId) return; // another run was opened meanwhile
+        setText($("#control-message"), `Set LR ${formatLr(parsed.value)}: cancelled, nothing sent.`);
+        input.focus();
+        return;
+      }
+      if (runId !== this.view.runId) return;
       const ok = await this.send({ kind: "set_lr", lr: parsed.value }, `Set LR ${formatLr(parsed.value)}`);
       if (ok) this.lrDirty = false;
+    });
+    const dialog = $("#lr-dialog");
+    $("#cancel-lr").addEventListener("click", () => dialog.close("cancel"));
+    $("#confirm-lr").addEventListener("click", () => dialog.close("confirm"));
+  }
+
+  /** Ask before a learning rate `factor` times away from the current one. Resolves to yes/no. */
+  confirmJump(lr, current, factor) {
+    const dialog = $("#lr-dialog");
+    const way = lr > current ? "larger" : "smaller";
+    const times = factor < 1e12 ? Math.round(factor).toLocaleString("en") : factor.toExponential(0).replace("e+", "e");
+    setText(
+      $("#lr-dialog-text"),
+      `${formatLr(lr)} is ${times}× ${way} than the current ${formatLr(current)}. ` +
+        "The optimizer uses it from the next batch; a rate that far off can make the loss " +
+        "diverge (or training stall) at once.",
+    );
+    setText($("#confirm-lr"), `Set ${formatLr(lr)}`);
+    dialog.returnValue = "";
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
+      dialog.showModal();
     });
   }
 

@@ -3,10 +3,18 @@
 // its charts.
 
 import { $, h, replaceChildren } from "./dom.js";
-import { formatClock, formatLr } from "./format.js";
+import { epochOfProgress, formatClock, formatLr } from "./format.js";
 import { decodeNumber } from "./protocol.js";
 
 const SHOWN = 200; // the list keeps the latest events
+
+/** " in epoch 2 (after step 12)": where an event happened, the epoch 1-based. */
+function eventWhere(e) {
+  const epoch = epochOfProgress(e.epoch);
+  const step = e.step !== null && e.step !== undefined ? `step ${e.step}` : null;
+  if (epoch === null) return step ? ` after ${step}` : "";
+  return ` in epoch ${epoch}${step ? ` (after ${step})` : ""}`;
+}
 
 function eventText(e) {
   const d = e.data || {};
@@ -15,12 +23,12 @@ function eventText(e) {
       return `fit #${d.fit ?? 1} began`;
     case "lr_change": {
       const by = d.source === "command" ? `command #${d.command_id}` : d.source || "";
-      return `LR ${formatLr(decodeNumber(d.previous))} → ${formatLr(decodeNumber(d.lr))} (${by}) at step ${e.step}`;
+      return `LR ${formatLr(decodeNumber(d.previous))} → ${formatLr(decodeNumber(d.lr))} (${by})${eventWhere(e)}`;
     }
     case "command":
       return `command #${d.command_id} ${d.kind ?? ""} ${d.status ?? ""}${d.reason ? `: ${d.reason}` : ""}`;
     case "early_stop":
-      return `stopped early by a callback at step ${e.step}`;
+      return `stopped early by a callback${eventWhere(e)}`;
     case "train_end":
       return `training ${d.status ?? "ended"}${d.error && d.error.message ? `: ${d.error.message}` : ""}`;
     default:

@@ -79,7 +79,7 @@ function renderMeta(meta) {
   if (meta.trainable_param_count !== undefined) info.trainable = meta.trainable_param_count?.toLocaleString();
   if (meta.epochs !== undefined) info.epochs = meta.epochs;
   if (meta.steps_per_epoch !== undefined) info["steps/epoch"] = meta.steps_per_epoch ?? "unknown";
-  if (meta.batch_size !== undefined) info["batch size"] = meta.batch_size;
+  if (meta.batch_size !== undefined && meta.batch_size !== null) info["batch size"] = meta.batch_size; // Keras 3 never says
   if (meta.keras_version) info.keras = `${meta.keras_version}${meta.backend ? ` (${meta.backend})` : ""}`;
   renderKv($("#run-meta"), info);
   if (Array.isArray(meta.layers) && meta.layers.length) {

@@ -76,7 +76,8 @@ export class Progress {
     fraction = Math.min(1, Math.max(0, fraction));
 
     setText($("#progress-epoch"), `Epoch ${epochIdx + 1}${epochs ? ` / ${epochs}` : ""}`);
-    setText($("#progress-step"), batch === null ? `step ${steps}` : `step ${batch} / ${spe}`);
+    // Batches done in the epoch, as Keras' progress bar counts them (1-based: "batch 3 / 10").
+    setText($("#progress-step"), batch === null ? `step ${steps}` : `batch ${batch} / ${spe}`);
     const rate = this.stepRate(run);
     let eta = "ETA —";
     if (ended) eta = run.status;
