@@ -253,12 +253,15 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # The optimizer counts the steps that really ran (any steps_per_execution,
         # a short last execution); the batch indices are the fallback.
+        start = self._epoch_base
         iterations = self._read_iterations()
         if iterations is not None and iterations + self._iter_offset >= self._epoch_base:
             self._epoch_base = iterations + self._iter_offset
         else:
             self._epoch_base += self._max_batch + 1
         self._max_batch = -1
+        if iterations is not None:
+            self._record_schedule(start, self._epoch_base)
         self._check_lr()
         epoch_logs = dict(logs or {})
         if LR_KEY not in epoch_logs and self._lr is not None:
@@ -475,6 +478,42 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             scheduled = _schedule_name(self.model.optimizer) is not None
             source = "schedule" if scheduled else "callback"
             self._record_lr(lr, previous=self._lr, source=source, batch=batch)
+
+    def _record_schedule(self, start: int, end: int) -> None:
+        """The rate a `LearningRateSchedule` gave each step of the epoch that just ended.
+
+        A schedule changes the rate inside the train step, where no hook sees
+        it; it is a function of the step, so its values are computed here, once
+        an epoch, for every step (at most MAX_SCHEDULE_POINTS, evenly spread),
+        and recorded where they change, as readings (no event per step).
+        """
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or end <= start or _schedule_name(optimizer) is None:
+            return
+        schedule = getattr(_innermost(optimizer), "_learning_rate", None)
+        if not callable(schedule):
+            return
+        import numpy as np
+
+        steps = np.arange(start, end)
+        if len(steps) > MAX_SCHEDULE_POINTS:
+            steps = np.unique(np.linspace(start, end - 1, MAX_SCHEDULE_POINTS).astype(np.int64))
+        try:
+            values = [float(v) for v in np.asarray(_numpy(schedule(steps - self._iter_offset)))]
+            if len(values) != len(steps):
+                raise ValueError("not one value per step")
+        except Exception:  # a schedule that takes one step at a time
+            try:
+                values = [_scalar(schedule(int(s) - self._iter_offset)) for s in steps[:256]]
+            except Exception:
+                return
+        spe = self._steps if self._steps != _NO_STEPS else None
+        t = time.time()
+        for step, lr in zip(steps.tolist()[: len(values)], values, strict=True):
+            if lr != self._lr and math.isfinite(lr):
+                self._lr = lr
+                progress = self._epoch + (step - start) / spe if spe else self._epoch
+                self._record(Rec.lr(t, step, progress, lr, None, "schedule"))
 
     def _watch_lr(self) -> None:
         """Hear every assignment to the optimizer's learning-rate variable, by anyone.
@@ -695,6 +734,15 @@ class _LrWatch:
         with contextlib.suppress(Exception):
             if self.variable.__dict__.get("assign") == self._assign:
                 del self.variable.assign
+
+
+MAX_SCHEDULE_POINTS = 2000
+"""Most learning-rate readings of a schedule recorded for one epoch."""
+
+
+def _numpy(value: Any) -> Any:
+    numpy = getattr(value, "numpy", None)
+    return numpy() if callable(numpy) else keras.ops.convert_to_numpy(value)
 
 
 def _scalar(value: Any) -> float:

@@ -45,7 +45,6 @@ __all__ = [
     "SCOPES",
     "SETTINGS_META",
     "TRAIN_PATH",
-    "WORKER_STATUSES",
     "Close",
     "Env",
     "FrameError",
@@ -121,8 +120,6 @@ MAX_INT: Final = 2**63 - 1
 """Largest integer a record may carry (what SQLite's INTEGER holds)."""
 MAX_WORKERS: Final = 4096
 """Most processes one multi-worker job (one run) may have."""
-WORKER_STATUSES: Final = ("connected", "disconnected", "finished", "stopped", "failed")
-"""A worker's state in `GET /api/runs/{run_id}`'s `workers` list."""
 
 SCOPES: Final = ("epoch", "batch")
 LR_KEY: Final = "learning_rate"

@@ -164,3 +164,24 @@ def test_meta_batch_size_is_the_real_one_or_absent(server: ServerProcess) -> Non
     )
     meta = server.run(generator.run_id)["meta"]
     assert "batch_size" not in meta and meta["steps_per_epoch"] == 3
+
+
+@pytest.mark.parametrize("staircase", [False, True])
+def test_a_schedule_s_rate_is_recorded_for_every_batch(
+    server: ServerProcess, staircase: bool
+) -> None:
+    import keras
+
+    x, y = make_data(n=640)
+    model = make_model(
+        lr=keras.optimizers.schedules.ExponentialDecay(0.1, 7, 0.5, staircase=staircase)
+    )
+    mon = LiveMonitor(url=server.url, token=server.token)
+    seen = probe()
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[mon, seen])
+    assert len(set(seen.used)) == (6 if staircase else 40)
+    assert lr_used_per_batch(server, mon.run_id, 40) == pytest.approx(seen.used, rel=1e-6)
+    changes = [e for e in server.client.get(f"/api/runs/{mon.run_id}/events").json()["events"]
+               if e["kind"] == "lr_change"]  # fmt: skip
+    assert len(changes) <= 2  # readings, not an event per batch
+    assert {e["data"]["source"] for e in changes} <= {"schedule"}
