@@ -6,6 +6,11 @@ in batches, keeps every record until the server acknowledges it, resends the
 unacknowledged ones after a reconnect, and hands commands to the training
 thread through `Stream.inbox`.
 
+Storage trouble on the server (`storage_error`: it cannot store records now)
+is not a refusal: the records stay here, unacknowledged (in memory, then in
+the spool), and are resent after a backoff from the next `welcome`'s
+`last_seq`, since the server acknowledges nothing it has not stored.
+
 Warnings: one per problem and fit. The link's trouble (no server, a hung one,
 a refusal) is one warning that says where the records go; the end of the fit
 adds none for records left in the spool when one of those was given, and says
@@ -45,7 +50,7 @@ CHUNKS_PER_POLL = 8
 FLUSH_SECONDS = 0.1  # the oldest unsent record waits at most this long for company
 POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
-LINK_PROBLEMS = ("unreachable", "refused")
+LINK_PROBLEMS = ("unreachable", "refused", "storage")
 """Warnings that already say where unacknowledged records go."""
 
 
@@ -59,6 +64,10 @@ class FitdeckWarning(UserWarning):
 
 class ProtocolRefused(Exception):
     """The server closed the stream for a reason a retry cannot fix."""
+
+
+class StorageTrouble(Exception):
+    """The server cannot store records now (`storage_error`): back off and resend."""
 
 
 class Stream:
@@ -217,11 +226,12 @@ class Stream:
             refused: str | None = None
             try:
                 with self._connect() as ws:
-                    backoff = BACKOFF_START
                     if self._session(ws) and self._done():
                         return
             except ProtocolRefused as exc:
                 refused = str(exc)
+            except StorageTrouble:
+                pass  # warned once by _handle; the server closes with 1013 after it
             except ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code in Close.REFUSALS:  # retrying cannot help
                     refused = f"{exc.rcvd.code} {exc.rcvd.reason}"
@@ -230,6 +240,8 @@ class Stream:
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 self._warn_unreachable(exc)
             finally:
+                if self.connected:  # welcomed: the link worked, start the backoff over
+                    backoff = BACKOFF_START
                 self.connected = False
             if refused is not None:
                 self._refused(refused)
@@ -297,8 +309,10 @@ class Stream:
 
     def _session(self, ws: ClientConnection) -> bool:
         """Stream until everything is sent after `finish` (True) or the link drops (raises)."""
-        ws.send(dumps(Msg.hello(self.run_id, self.worker)))
+        ws.send(dumps(Msg.hello(self.run_id, worker=self.worker)))
         welcome = loads(ws.recv(timeout=self.connect_timeout))
+        if welcome.get("type") == "storage_error":
+            self._handle(welcome)  # raises StorageTrouble
         if welcome.get("type") != "welcome":
             raise ProtocolRefused(f"expected a welcome, got {welcome!r}")
         last_seq = int(welcome.get("last_seq", 0))
@@ -367,6 +381,15 @@ class Stream:
             self.commits[int(message["id"])] = int(message["at_step"])
         elif kind == "error":
             self.warn_once("server-error", f"fitdeck: the server refused a record: {message}")
+        elif kind == "storage_error":
+            self.warn_once(
+                "storage",
+                f"fitdeck: the server at {self.url} cannot store records right now "
+                f"({message.get('message')}); training goes on. Its records are kept and sent "
+                "again when the server can store them; if training ends first they stay in "
+                f"{self.spool.path} for `fitdeck sync`.",
+            )
+            raise StorageTrouble(str(message.get("message")))
 
     def _ack_locked(self, seq: int) -> None:
         while self._unacked and self._unacked[0]["seq"] <= seq:

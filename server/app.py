@@ -48,6 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def on_health(reason: str | None) -> None:  # on the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(state.hub.storage, reason)
+
+        store.on_health = on_health
         store.open()
         reaper = asyncio.create_task(close_lost_runs(state, remote_runs))
         try:

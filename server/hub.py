@@ -2,6 +2,10 @@
 
 Publishing never waits on a browser: each subscriber has a bounded queue, and
 one whose queue is full is dropped (it reconnects and refetches over HTTP).
+
+The hub also holds the loop's view of the storage's health: browsers hear of
+each change (`storage` messages), and trainer connections wait on
+`storage_trouble` to close when writes begin to fail.
 """
 
 from __future__ import annotations
@@ -41,6 +45,21 @@ class Hub:
     def __init__(self, queue_size: int) -> None:
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
+        self.storage_reason: str | None = None
+        """Why writes fail (the store's `trouble` as the loop last heard it), or None."""
+        self.storage_trouble = asyncio.Event()
+        """Set when writes begin to fail; a fresh, unset one once they work again."""
+
+    def storage(self, reason: str | None) -> None:
+        """The store's health changed: tell every browser and wake the trainer links."""
+        if reason == self.storage_reason:
+            return
+        self.storage_reason = reason
+        if reason is None:
+            self.storage_trouble = asyncio.Event()
+        else:
+            self.storage_trouble.set()
+        self.broadcast(Msg.storage(reason))
 
     def add(self) -> Subscriber:
         sub = Subscriber(self.queue_size)
@@ -83,10 +102,11 @@ class Hub:
 
 
 class TrainerLinks:
-    """The `/ws/train` connections of each run that has one, to send them commands.
-
-    A run has one connection per worker (index 0 for a single-process `fit`);
-    commands go to every worker of the run.
+    """The live trainers' `/ws/train` connections of each run that has one, to send
+    them commands: one per worker (index 0 for a single-process `fit`), and
+    commands go to every worker of the run. Only a trainer's connection is a
+    link (a newer one of the same worker replaces the older: a reconnect whose
+    old link has not timed out yet); an uploader (`fitdeck sync`) never is one.
     """
 
     def __init__(self) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "end_run",
     "mark_connected",
     "mark_disconnected",
+    "progress",
     "read_run",
     "start_run",
 ]
@@ -113,6 +114,12 @@ def mark_connected(conn: sqlite3.Connection, memory: WriterMemory, run_id: str) 
         changes.run = read_run(conn, run_id)
         changes.events.append(_server_event(conn, run_id, now, "reconnected", {}))
     return changes
+
+
+def progress(conn: sqlite3.Connection, memory: WriterMemory, run_id: str) -> Changes:
+    """An uploader said hello: how far the run is stored; its status is left alone."""
+    memo = memory.get(conn, run_id)
+    return Changes(last_seq=memo.last_seq if memo else 0)
 
 
 def mark_disconnected(

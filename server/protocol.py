@@ -9,9 +9,11 @@ nor FastAPI, so `fitdeck sync` and the server run on a machine without Keras.
 The messages are documented in `docs/http_api.md`:
 
 - `/ws/train`, trainer → server: `hello`, then `records` frames; server →
-  trainer: `welcome`, `ack`, `command`, `commit` (multi-worker jobs), `error`.
+  trainer: `welcome`, `ack`, `command`, `commit` (multi-worker jobs), `error`,
+  `storage_error`.
 - `/ws/live`, browser → server: `subscribe`; server → browser: `hello`,
-  `subscribed`, `run`, `run_deleted`, `metrics`, `event`, `command`, `error`.
+  `subscribed`, `run`, `run_deleted`, `metrics`, `event`, `command`, `error`,
+  `storage`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_URL",
     "ENDED",
     "FINAL_COMMAND",
+    "HELLO_ROLES",
     "LIVE_PATH",
     "LR_KEY",
     "MAX_NAME",
@@ -136,6 +139,9 @@ COMMAND_KINDS: Final = ("stop", "set_lr")
 COMMAND_STATUSES: Final = ("pending", "delivered", "applied", "rejected", "expired")
 """In the order a command moves through them; it never moves back."""
 FINAL_COMMAND: Final = frozenset({"applied", "rejected", "expired"})
+HELLO_ROLES: Final = ("trainer", "sync")
+"""Who opens a `/ws/train` connection: the run's live trainer (the default), or an
+uploader of spooled records (`fitdeck sync`), which never takes the command link."""
 RECORD_TYPES: Final = ("run_start", "batch", "epoch", "lr", "command", "event", "run_end")
 
 
@@ -241,13 +247,18 @@ class Msg:
 
     # /ws/train
     @staticmethod
-    def hello(run_id: str, worker: Mapping[str, int] | None = None) -> dict[str, Any]:
-        """Trainer → server, first frame: which run this connection streams; in a
+    def hello(
+        run_id: str, role: str | None = None, worker: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
+        """Trainer → server, first frame: which run this connection streams, and
+        (`role`, see HELLO_ROLES) who streams it; none is the live trainer. In a
         multi-worker job, which worker of how many (`{"index": 1, "count": 2}`)."""
-        message: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL_VERSION, "run_id": run_id}
+        hello: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL_VERSION, "run_id": run_id}
+        if role is not None:
+            hello["role"] = role
         if worker is not None:
-            message["worker"] = {"index": worker["index"], "count": worker["count"]}
-        return message
+            hello["worker"] = {"index": worker["index"], "count": worker["count"]}
+        return hello
 
     @staticmethod
     def records(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -284,6 +295,12 @@ class Msg:
         """Server → trainer or browser: a frame or record was refused, and why."""
         return {"type": "error", "message": message}
 
+    @staticmethod
+    def storage_error(message: str) -> dict[str, Any]:
+        """Server → trainer: records cannot be stored now; nothing unstored is acked.
+        The server then closes with 1013: keep the records and resend after a backoff."""
+        return {"type": "storage_error", "message": message}
+
     # /ws/live
     @staticmethod
     def subscribe(run_ids: Iterable[str]) -> dict[str, Any]:
@@ -291,9 +308,16 @@ class Msg:
         return {"type": "subscribe", "run_ids": list(run_ids)}
 
     @staticmethod
-    def live_hello(time: float) -> dict[str, Any]:
-        """Server → browser, first message: the server's clock."""
-        return {"type": "hello", "time": time}
+    def live_hello(time: float, storage: str | None = None) -> dict[str, Any]:
+        """Server → browser, first message: the server's clock and its storage's health
+        (`storage`: why writes fail, None while they succeed)."""
+        return {"type": "hello", "time": time, "storage": Msg.storage(storage)["storage"]}
+
+    @staticmethod
+    def storage(reason: str | None) -> dict[str, Any]:
+        """Server → every browser: writes began to fail (`reason`) or work again (None)."""
+        status = "ok" if reason is None else "degraded"
+        return {"type": "storage", "storage": {"status": status, "reason": reason}}
 
     @staticmethod
     def subscribed(run_ids: Iterable[str]) -> dict[str, Any]:
@@ -388,7 +412,16 @@ class Rec:
         return {"type": "run_end", "t": t, "status": status, "error": error}
 
 
-TRAIN_MESSAGES: Final = ("hello", "records", "welcome", "ack", "command", "commit", "error")
+TRAIN_MESSAGES: Final = (
+    "hello",
+    "records",
+    "welcome",
+    "ack",
+    "command",
+    "commit",
+    "error",
+    "storage_error",
+)
 LIVE_MESSAGES: Final = (
     "subscribe",
     "hello",
@@ -399,6 +432,7 @@ LIVE_MESSAGES: Final = (
     "event",
     "command",
     "error",
+    "storage",
 )
 MESSAGE_TYPES: Final = tuple(dict.fromkeys((*TRAIN_MESSAGES, *LIVE_MESSAGES)))
 """Every `type` a message can have, on either WebSocket."""

@@ -4,6 +4,12 @@ Every write is a function run on the writer thread inside a transaction that
 also holds whatever else was queued meanwhile (`BEGIN IMMEDIATE` … `COMMIT`),
 each under its own savepoint so one bad task cannot spoil its neighbours.
 Reads use per-thread connections; WAL mode lets them run during writes.
+
+Storage trouble (the file locked by another process past `busy_timeout`, a full
+disk, a read-only or failing file system) rolls the whole batch back and keeps
+it: the writer retries it, with the tasks queued since, until it commits, so no
+caller hears of success before COMMIT and writes land in the order they were
+submitted. Meanwhile `Store.trouble` says why, and `on_health` hears each change.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from server.downsample import Point
 from server.errors import Conflict, NotFound
 from server.memory import WriterMemory
 
-__all__ = ["Store"]
+__all__ = ["BUSY_TIMEOUT", "StorageUnavailable", "Store", "is_storage_failure"]
 
 log = logging.getLogger("fitdeck.store")
 
@@ -65,10 +71,55 @@ ON CONFLICT (series_id, level, bucket) DO UPDATE SET
 # the old row, but keeping them last makes that reading obvious.
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+BUSY_TIMEOUT = 5.0
+"""Seconds the writer waits for a database another process holds locked before it
+reports storage trouble (it keeps retrying after that)."""
+RETRY_START, RETRY_MAX = 0.05, 2.0
+"""Seconds between retries of a batch that storage trouble rolled back (doubling)."""
+
+# SQLite's primary result codes for trouble with the file rather than the statement
+# (numbers, not sqlite3.SQLITE_*: those need Python 3.11).
+_STORAGE_CODES = frozenset(
+    {
+        5,  # SQLITE_BUSY: locked by another connection past the busy timeout
+        6,  # SQLITE_LOCKED
+        7,  # SQLITE_NOMEM
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR: a read or write the file system refused (EROFS, EIO, ...)
+        11,  # SQLITE_CORRUPT
+        13,  # SQLITE_FULL: the disk (or max_page_count) is full
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+        26,  # SQLITE_NOTADB
+    }
+)
+_STORAGE_MESSAGES = ("locked", "disk", "full", "readonly", "read-only", "unable to open")
+
+
+class StorageUnavailable(Exception):
+    """The store closed while storage trouble kept a write from committing."""
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """True for trouble with the database file (locked, full, read-only, I/O), which a
+    retry may cure; False for a statement or value the database refuses."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.IntegrityError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _STORAGE_CODES
+    text = str(exc).lower()  # Python 3.10: no error code on the exception
+    return any(word in text for word in _STORAGE_MESSAGES)
+
+
+def _connect(
+    path: Path, *, readonly: bool = False, busy_timeout: float = 30.0
+) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+    )
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
@@ -78,9 +129,17 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 class Store:
     """The database behind one server: runs, metric points, events, commands."""
 
-    def __init__(self, path: Path, *, batch_tasks: int = 512) -> None:
+    def __init__(
+        self, path: Path, *, batch_tasks: int = 512, busy_timeout: float | None = None
+    ) -> None:
         self.path = Path(path)
         self._batch_tasks = batch_tasks
+        self._busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
+        self.trouble: str | None = None
+        """Why writes fail right now (SQLite's message), or None while they commit."""
+        self.on_health: Callable[[str | None], None] | None = None
+        """Called on the writer thread whenever `trouble` changes."""
+        self._closing = threading.Event()
         self._queue: queue.SimpleQueue[tuple[WriteFn[Any], Future[Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -95,7 +154,7 @@ class Store:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = _connect(self.path)
+        conn = _connect(self.path, busy_timeout=self._busy_timeout)
         try:
             # First, before anything writes: a file from a newer fitdeck is left untouched.
             schema.migrate(conn)
@@ -122,6 +181,7 @@ class Store:
 
     def close(self) -> None:
         if self._writer is not None:
+            self._closing.set()  # a batch that cannot commit now is given up, not retried
             self._queue.put(None)
             self._writer.join(timeout=30)
             self._writer = None
@@ -143,30 +203,99 @@ class Store:
         return await asyncio.shield(asyncio.wrap_future(self.submit(fn)))
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        tasks: list[tuple[WriteFn[Any], Future[Any]]] = []
+        delay = RETRY_START
+        stop = False
         while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            tasks = [item]
-            stop = False
-            while len(tasks) < self._batch_tasks:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
+            if not tasks:
+                item = self._queue.get()
+                if item is None:
                     break
-                if nxt is None:
-                    stop = True
+                tasks.append(item)
+            stop = self._take_queued(tasks) or stop
+            try:
+                failure = self._run_batch(conn, tasks)
+            except Exception as exc:  # a bug: its callers hear of it, the writer goes on
+                log.exception("write batch of %d tasks failed", len(tasks))
+                self._fail(tasks, exc)
+                failure = None
+            if conn.in_transaction:  # a rollback that failed too: start afresh
+                conn = self._reconnect(conn)
+            self._set_trouble(failure)
+            if failure is None:
+                tasks, delay = [], RETRY_START
+                if stop:
                     break
-                tasks.append(nxt)
-            self._run_batch(conn, tasks)
-            if stop:
+                continue
+            # Nothing of the batch was stored and nobody was told otherwise: retry it all.
+            if stop or self._closing.wait(delay):
+                self._give_up(tasks, failure)
                 break
-        conn.execute("PRAGMA optimize")
+            delay = min(delay * 2, RETRY_MAX)
+        with suppress(sqlite3.Error):
+            conn.execute("PRAGMA optimize")
         conn.close()
+
+    def _take_queued(self, tasks: list[tuple[WriteFn[Any], Future[Any]]]) -> bool:
+        """Add what is queued to `tasks`, up to the batch size; True when `close` was seen."""
+        while len(tasks) < self._batch_tasks:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is None:
+                return True
+            tasks.append(nxt)
+        return False
+
+    def _give_up(self, tasks: list[tuple[WriteFn[Any], Future[Any]]], failure: str) -> None:
+        """The store is closing while storage trouble lasts: every waiting write fails."""
+        while True:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is not None:
+                tasks.append(nxt)
+        self._fail(tasks, StorageUnavailable(f"The database could not be written ({failure})."))
+
+    @staticmethod
+    def _fail(tasks: list[tuple[WriteFn[Any], Future[Any]]], error: BaseException) -> None:
+        for _fn, future in tasks:
+            with suppress(InvalidStateError):
+                future.set_exception(error)
+
+    def _reconnect(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """A fresh writer connection (the old one is stuck in a transaction), if one opens."""
+        try:
+            fresh = _connect(self.path, busy_timeout=self._busy_timeout)
+            fresh.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            log.warning("cannot reopen the database yet: %s", exc)
+            return conn
+        self.memory.clear()
+        with suppress(sqlite3.Error):
+            conn.close()
+        return fresh
+
+    def _set_trouble(self, failure: str | None) -> None:
+        if failure == self.trouble:
+            return
+        if failure is None:
+            log.warning("storage works again: writes commit")
+        else:
+            log.warning("storage trouble: %s; writes wait and are retried", failure)
+        self.trouble = failure
+        if self.on_health is not None:
+            try:
+                self.on_health(failure)
+            except Exception:  # a listener's bug must not stop the writer
+                log.exception("storage health listener failed")
 
     def _run_batch(
         self, conn: sqlite3.Connection, tasks: list[tuple[WriteFn[Any], Future[Any]]]
-    ) -> None:
+    ) -> str | None:
+        """Run and commit `tasks`; on storage trouble roll back, keep them, say why."""
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -175,6 +304,8 @@ class Store:
                 try:
                     result = fn(conn)
                 except Exception as exc:  # handed to the caller, not lost
+                    if is_storage_failure(exc):
+                        raise  # not this task's fault: the whole batch waits
                     conn.execute("ROLLBACK TO task")
                     conn.execute("RELEASE task")
                     results.append((future, None, exc))
@@ -183,10 +314,13 @@ class Store:
                     results.append((future, result, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            log.exception("write batch of %d tasks failed", len(tasks))
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):  # SQLite may have rolled back already
+                    conn.execute("ROLLBACK")
             self.memory.clear()  # the memo may describe rows that were rolled back
+            if is_storage_failure(exc):
+                return str(exc) or type(exc).__name__
+            log.exception("write batch of %d tasks failed", len(tasks))
             results = [(future, None, exc) for _fn, future in tasks]
         for future, result, error in results:
             # A caller that stopped waiting (cancelled) still had its write done.
@@ -195,6 +329,7 @@ class Store:
                     future.set_exception(error)
                 else:
                     future.set_result(result)
+        return None
 
     # -- reads ---------------------------------------------------------------
 

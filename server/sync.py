@@ -81,7 +81,7 @@ def _upload(spool: Spool, run_id: str, ws_url: str, token: str | None, timeout: 
         max_size=None,
         compression=None,
     ) as ws:
-        ws.send(dumps(Msg.hello(run_id)))
+        ws.send(dumps(Msg.hello(run_id, role="sync")))  # an uploader: no command link
         welcome = loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
         if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
             raise ConnectionError(f"expected a welcome, got {welcome!r}")

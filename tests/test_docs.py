@@ -59,6 +59,8 @@ def test_every_message_builder_makes_a_listed_type() -> None:
         "command": ({"id": 1, "kind": "stop", "lr": None},),
         "commit": (1, 12),
         "error": ("x",),
+        "storage_error": ("x",),
+        "storage": (None,),
         "subscribe": ([],),
         "live_hello": (0.0,),
         "subscribed": ([],),

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from websockets.frames import CloseCode
 
 from server.protocol import (
+    HELLO_ROLES,
     MESSAGE_TYPES,
     NONFINITE,
     RECORD_TYPES,
@@ -241,8 +242,10 @@ MSG_CALLS = {
     "command": lambda: Msg.command({"id": 1, "kind": "set_lr", "lr": 0.1, "status": "pending"}),
     "commit": lambda: Msg.commit(1, 12),
     "error": lambda: Msg.error("no"),
+    "storage_error": lambda: Msg.storage_error("database is locked"),
     "subscribe": lambda: Msg.subscribe(iter([RUN])),
     "live_hello": lambda: Msg.live_hello(1.5),
+    "storage": lambda: Msg.storage("database or disk is full"),
     "subscribed": lambda: Msg.subscribed({RUN}),
     "run": lambda: Msg.run({"id": RUN}),
     "run_deleted": lambda: Msg.run_deleted(RUN),
@@ -292,6 +295,20 @@ def test_command_to_trainer_carries_only_wire_fields() -> None:
     to_browser = Msg.command(command, RUN)
     assert to_browser["run_id"] == RUN and to_browser["command"] == command
     assert to_browser["command"] is not command
+
+
+def test_hello_names_an_uploader_only_when_asked() -> None:
+    assert "role" not in Msg.hello(RUN)
+    assert Msg.hello(RUN, role="sync")["role"] == "sync"
+    assert "sync" in HELLO_ROLES
+
+
+def test_storage_health_has_one_shape_in_hello_and_in_its_message() -> None:
+    assert Msg.live_hello(1.0)["storage"] == {"status": "ok", "reason": None}
+    degraded = {"status": "degraded", "reason": "database is locked"}
+    assert Msg.live_hello(1.0, "database is locked")["storage"] == degraded
+    assert Msg.storage("database is locked") == {"type": "storage", "storage": degraded}
+    assert Msg.storage(None)["storage"]["status"] == "ok"
 
 
 def test_lr_record_encodes_nonfinite_and_keeps_first_reading_previous_none() -> None:

@@ -551,3 +551,45 @@ def test_a_fit_started_while_the_last_one_still_finishes_is_streamed(
     wait_until(lambda: got[-1:] == [8], timeout=3)
     assert s.finish(3) == 0
     assert sorted(set(got)) == list(range(1, 9))
+
+
+def test_storage_trouble_is_one_warning_a_backoff_and_a_resend_of_everything_unacked(
+    tmp_path: Path, tiny: Callable[..., TinyServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server takes a frame, cannot store it (storage_error, close 1013), refuses
+    the next hello the same way, then welcomes: nothing was acked, all is resent."""
+    monkeypatch.setattr(stream_mod, "BACKOFF_START", 0.01)
+    got: list[list[int]] = [[], []]
+    connections = 0
+
+    def handler(ws: ServerConnection) -> None:
+        nonlocal connections
+        n, connections = connections, connections + 1
+        loads(ws.recv())
+        if n == 1:  # still in trouble when the trainer comes back
+            ws.send(dumps(Msg.storage_error("database or disk is full")))
+            ws.close(Close.TRY_AGAIN_LATER, "storage trouble; try again later")
+            return
+        ws.send(dumps(Msg.welcome(RUN, 0)))
+        try:
+            for text in ws:
+                got[min(n, 1)].extend(seqs(loads(text)["records"]))
+                if n == 0:
+                    ws.send(dumps(Msg.storage_error("database or disk is full")))
+                    ws.close(Close.TRY_AGAIN_LATER, "storage trouble; try again later")
+                    return
+                ws.send(dumps(Msg.ack(got[1][-1])))
+        except ConnectionClosed:
+            pass
+
+    server = tiny(handler)
+    s = make(tmp_path, url=server.url)
+    for step in range(1, 6):
+        s.put(batch(step, t=0.0))
+    with pytest.warns(FitdeckWarning, match="cannot store records right now") as warned:
+        s.start()
+        wait_until(lambda: connections == 3 and s.connected)
+        assert s.finish(5.0) == 0
+    assert len([w for w in warned if issubclass(w.category, FitdeckWarning)]) == 1
+    assert "database or disk is full" in str(warned[0].message)
+    assert got == [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]

@@ -32,6 +32,22 @@ def worker(client: TestClient, index: int, count: int = 2) -> Any:
     return ws
 
 
+def leave(client: TestClient, ws: Any, index: int) -> None:
+    """Close a worker's connection and wait until the server has let it go.
+
+    TestClient cancels a handler still running when its context exits; waiting
+    for the handler to end first keeps that cancellation out of the test."""
+    ws.close(1000)
+    deadline = time.monotonic() + 5
+    while True:
+        workers = client.get(f"/api/runs/{RUN}").json()["run"]["workers"]
+        if next(w for w in workers if w["index"] == index)["status"] != "connected":
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.01)
+    ws.__exit__(None, None, None)
+
+
 def delivered(seq: int, command_id: int, step: int) -> dict[str, Any]:
     return {"seq": seq, "type": "command", "t": 2.0, "id": command_id, "status": "delivered",
             "step": step}  # fmt: skip
@@ -50,8 +66,8 @@ def test_a_job_s_workers_share_one_run_and_only_worker_0_is_stored(client: TestC
         {"index": 0, "status": "connected", "step": 1},
         {"index": 1, "status": "connected", "step": 2},
     ]
-    w1.__exit__(None, None, None)
-    w0.__exit__(None, None, None)
+    leave(client, w1, 1)
+    leave(client, w0, 0)
 
 
 def test_commands_reach_every_worker_and_commit_names_one_step(client: TestClient) -> None:
@@ -70,7 +86,7 @@ def test_commands_reach_every_worker_and_commit_names_one_step(client: TestClien
         [{"type": "ack", "seq": 1}, commit],
     )
     # A worker that reconnects hears the command and its step again.
-    w1.__exit__(None, None, None)
+    leave(client, w1, 1)
     again = client.websocket_connect("/ws/train")
     with again:
         hello = {"type": "hello", "protocol": 1, "run_id": RUN,
@@ -79,7 +95,8 @@ def test_commands_reach_every_worker_and_commit_names_one_step(client: TestClien
         assert again.receive_json() == {"type": "welcome", "run_id": RUN, "last_seq": 1}
         assert again.receive_json()["type"] == "command"
         assert again.receive_json() == commit
-    w0.__exit__(None, None, None)
+        leave(client, again, 1)
+    leave(client, w0, 0)
 
 
 def test_a_single_process_run_is_worker_0(client: TestClient) -> None:
@@ -90,6 +107,7 @@ def test_a_single_process_run_is_worker_0(client: TestClient) -> None:
         send(ws, start(), batch(2, 1, loss=1.0), batch(3, 2, loss=1.0))
         workers = client.get(f"/api/runs/{RUN}").json()["run"]["workers"]
         assert workers == [{"index": 0, "status": "connected", "step": 2}]
+        leave(client, ws, 0)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +140,7 @@ def test_a_lost_worker_fails_the_run_naming_it(tmp_path: Path) -> None:
         w0, w1 = worker(client, 0), worker(client, 1)
         send(w0, start())
         send(w1, start(), batch(2, 7, loss=1.0))
-        w1.__exit__(None, None, None)  # worker 1 is gone without its run_end
+        leave(client, w1, 1)  # worker 1 is gone without its run_end
         deadline = time.monotonic() + 10
         while (run := client.get(f"/api/runs/{RUN}").json()["run"])["status"] != "failed":
             assert time.monotonic() < deadline, run
@@ -135,7 +153,7 @@ def test_a_lost_worker_fails_the_run_naming_it(tmp_path: Path) -> None:
         assert run["workers"][1] == {"index": 1, "status": "disconnected", "step": 7}
         events = client.get(f"/api/runs/{RUN}/events").json()["events"]
         assert events[-1]["kind"] == "train_end"
-        w0.__exit__(None, None, None)
+        leave(client, w0, 0)
 
 
 def test_a_worker_that_ends_its_fit_is_not_lost() -> None:

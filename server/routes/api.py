@@ -35,8 +35,12 @@ MAX_POINTS_LIMIT = 20_000
 
 
 @health_router.get("/api/health")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+def health(state: StateDep) -> Response:
+    """`ok`, or 503 `degraded` with the reason while writes fail (see server.store)."""
+    reason = state.store.trouble
+    if reason is not None:
+        return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/runs")

@@ -22,7 +22,7 @@ router = APIRouter()
 async def live_ws(ws: WebSocket, state: StateDep) -> None:
     await ws.accept()  # Host, Origin and token were checked by server.guard.Guard
     sub = state.hub.add()
-    sub.offer(dumps(Msg.live_hello(time.time())))
+    sub.offer(dumps(Msg.live_hello(time.time(), state.hub.storage_reason)))
     try:
         async with anyio.create_task_group() as tg:
 

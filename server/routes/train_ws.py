@@ -1,4 +1,12 @@
-"""`/ws/train`: the callback streams records in, commands go back out."""
+"""`/ws/train`: the callback streams records in, commands go back out.
+
+A record is acknowledged only once it is committed. When writes fail (see
+`server.store`), every connection is told (`storage_error`) and closed with
+1013; what it had sent is stored when storage recovers, and the trainer
+resends the rest after the `welcome` of its next connection. A `hello` from
+an uploader (`"role": "sync"`) never takes the run's command link, and is
+refused while the run has a live trainer.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +26,26 @@ from server import commands, ingest, lifecycle
 from server.deps import AppState, StateDep
 from server.errors import BadRequest
 from server.lifecycle import Changes
-from server.protocol import PROTOCOL_VERSION, RUN_ID, Close, FrameError, Msg, dumps, loads
+from server.protocol import (
+    HELLO_ROLES,
+    PROTOCOL_VERSION,
+    RUN_ID,
+    Close,
+    FrameError,
+    Msg,
+    dumps,
+    loads,
+)
 from server.records import validate_records
+from server.store import StorageUnavailable
 from server.workers import parse_worker
 
 __all__ = ["router"]
 
 log = logging.getLogger("fitdeck.train")
 router = APIRouter()
+
+Send = Callable[[str], Awaitable[None]]
 
 HELLO_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 4  # frames being stored while the next is read
@@ -42,7 +62,8 @@ class ProtocolError(Exception):
 async def train_ws(ws: WebSocket, state: StateDep) -> None:
     await ws.accept()  # Host, Origin and token were checked by server.guard.Guard
     run_id: str | None = None
-    index = 0
+    index = 0  # the worker, in a multi-worker job
+    trainer = accepted = False
     send_lock = asyncio.Lock()
 
     async def send(text: str) -> None:
@@ -50,25 +71,22 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             await ws.send_text(text)
 
     try:
-        run_id, index, count = await _hello(ws)
-        worker = state.workers.hello(run_id, index, count)
-        if index == 0:  # the worker that streams the run's records
-            connected = await _store(
-                state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
-            )
-            last_seq = connected.last_seq
-        else:  # another worker of a job: its records are read, not stored
-            last_seq = worker.last_seq if worker is not None else 0
-        old = state.trainers.attach(run_id, send, index)
-        if old is not None:
-            log.info("run %s: a newer connection replaces worker %d's", run_id, index)
-        await send(dumps(Msg.welcome(run_id, last_seq)))
-        for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
-            await send(dumps(Msg.command(command)))
-            at_step = state.workers.commit(run_id, command["id"])
-            if at_step is not None:
-                await send(dumps(Msg.commit(command["id"], at_step)))
-        await _receive_all(ws, state, run_id, send, index)
+        run_id, role, index, count = await _hello(ws)
+        trainer = role == "trainer"
+        if state.store.trouble is not None:
+            await _storage_close(ws, send, state.store.trouble)
+            return
+        if not trainer and state.trainers.connected(run_id):
+            # Its records reach the server through the trainer; its spool may be in use.
+            reason = f"run {run_id} has a live trainer; sync it after that fit ends"
+            await ws.close(Close.TRY_AGAIN_LATER, reason)
+            return
+        trouble = state.hub.storage_trouble  # the event of this moment: set when writes fail
+        accepted = True
+        # Every write from here on may meet storage trouble: the connection then closes.
+        session = _session(ws, state, run_id, trainer, send, index, count)
+        if await _until_trouble(session, trouble):
+            await _storage_close(ws, send, state.hub.storage_reason or "storage trouble")
     except WebSocketDisconnect:
         pass
     except ProtocolError as exc:
@@ -76,19 +94,89 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
         if ws.client_state is WebSocketState.CONNECTED:
             await ws.close(exc.code, exc.reason.encode()[:123].decode(errors="ignore"))
     finally:
-        if run_id is not None:
-            state.trainers.detach(run_id, send, index)
-            if not state.trainers.connected(run_id, index):
-                state.workers.lost(run_id, index)
+        if run_id is not None and accepted:
+            if trainer:
+                state.trainers.detach(run_id, send, index)
+                if not state.trainers.connected(run_id, index):
+                    state.workers.lost(run_id, index)
+            # Only a `running` run is affected; a store closing amid trouble gives up.
+            # A job's other workers never change the run's status.
             if index == 0 and not state.trainers.connected(run_id, 0):
-                # only a `running` run is affected
-                await _store(
-                    state,
-                    run_id,
-                    lambda c: lifecycle.mark_disconnected(
-                        c, state.store.memory, run_id, "stream lost"
-                    ),
-                )
+                with contextlib.suppress(StorageUnavailable):
+                    await _store(
+                        state,
+                        run_id,
+                        lambda c: lifecycle.mark_disconnected(
+                            c, state.store.memory, run_id, "stream lost"
+                        ),
+                    )
+
+
+async def _session(
+    ws: WebSocket,
+    state: AppState,
+    run_id: str,
+    trainer: bool,
+    send: Send,
+    index: int = 0,
+    count: int = 1,
+) -> None:
+    """Welcome the connection (a trainer also takes the command link and hears of
+    unfinished commands), then take its records until it leaves.
+
+    A multi-worker job's other workers (index > 0) are welcomed with what this
+    server acknowledged to them: their records are read, not stored."""
+    worker = state.workers.hello(run_id, index, count) if trainer else None
+    if trainer and index > 0:
+        last_seq = worker.last_seq if worker is not None else 0
+    elif trainer:
+        connected = await _store(
+            state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
+        )
+        last_seq = connected.last_seq
+    else:
+        connected = await _store(
+            state, run_id, lambda c: lifecycle.progress(c, state.store.memory, run_id)
+        )
+        last_seq = connected.last_seq
+    if trainer and state.trainers.attach(run_id, send, index) is not None:
+        log.info("run %s: a newer connection replaces worker %d's", run_id, index)
+    await send(dumps(Msg.welcome(run_id, last_seq)))
+    if trainer:
+        for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
+            await send(dumps(Msg.command(command)))
+            at_step = state.workers.commit(run_id, command["id"])
+            if at_step is not None:
+                await send(dumps(Msg.commit(command["id"], at_step)))
+    await _receive_all(ws, state, run_id, send, index if trainer else 0)
+
+
+async def _storage_close(ws: WebSocket, send: Send, why: str) -> None:
+    """Tell the trainer its records cannot be stored now, and close: it resends later."""
+    message = (
+        f"The server cannot store records right now ({why}); nothing it did not store is "
+        "acknowledged. Keep them and send them again after a backoff."
+    )
+    with contextlib.suppress(Exception):  # the trainer may be gone already
+        await send(dumps(Msg.storage_error(message)))
+        await ws.close(Close.TRY_AGAIN_LATER, "storage trouble; try again later")
+
+
+async def _until_trouble(work: Awaitable[None], trouble: asyncio.Event) -> bool:
+    """Run `work` until it ends (False; its exception propagates) or `trouble` is set
+    (True: `work` is cancelled; writes it queued still happen)."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(trouble.wait())
+    try:
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, waiter):
+            pending.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+    if task in done and not task.cancelled():
+        task.result()  # raises what ended it
+        return False
+    return True
 
 
 def _submit(
@@ -130,7 +218,7 @@ async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
         raise ProtocolError(Close.POLICY, str(exc)) from None
 
 
-async def _hello(ws: WebSocket) -> tuple[str, int, int]:
+async def _hello(ws: WebSocket) -> tuple[str, str, int, int]:
     try:
         hello = await _frame(ws, HELLO_TIMEOUT)
     except TimeoutError:
@@ -147,11 +235,14 @@ async def _hello(ws: WebSocket) -> tuple[str, int, int]:
         raise ProtocolError(
             Close.POLICY, f"run_id must be 32 lowercase hex characters, got {run_id!r}."
         )
+    role = hello.get("role", "trainer")
+    if role not in HELLO_ROLES:
+        raise ProtocolError(Close.POLICY, f"role must be one of {HELLO_ROLES}, got {role!r}.")
     try:
         index, count = parse_worker(hello.get("worker"))
     except ValueError as exc:
         raise ProtocolError(Close.POLICY, str(exc)) from None
-    return run_id, index, count
+    return run_id, str(role), index, count
 
 
 async def _receive_all(
@@ -171,6 +262,10 @@ async def _receive_all(
             while in_flight and (len(in_flight) >= MAX_IN_FLIGHT or in_flight[0].done()):
                 await in_flight.popleft()
     finally:
+        # Waiting for their acks could last as long as storage trouble: the writes
+        # themselves are queued and happen anyway; a later welcome reports them.
+        for task in in_flight:
+            task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
 
 

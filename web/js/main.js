@@ -56,7 +56,24 @@ function route() {
   window.scrollTo(0, 0);
 }
 
+// The server's storage health, from the live hello and every `storage` message.
+function showStorage(storage) {
+  const banner = $("#storage-banner");
+  const degraded = Boolean(storage && storage.status === "degraded");
+  banner.hidden = !degraded;
+  setText(
+    banner,
+    degraded
+      ? `The server cannot store new records (${storage.reason}); trainers keep them and resend once it can.`
+      : "",
+  );
+}
+
 live.on("message", (message) => {
+  if (message.type === "hello" || message.type === "storage") {
+    showStorage(message.storage);
+    return;
+  }
   if (message.type === "run" && message.run) {
     // decodeRun mutates: each view gets its own copy.
     runsView.upsert(decodeRun({ ...message.run }));

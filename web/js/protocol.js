@@ -43,6 +43,7 @@ export const LIVE_MESSAGES = Object.freeze([
   "event",
   "command",
   "error",
+  "storage",
 ]);
 
 /** WebSocket close codes. */
