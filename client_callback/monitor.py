@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -15,7 +16,7 @@ import uuid
 import warnings
 import weakref
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import keras
@@ -24,7 +25,17 @@ from client_callback import commands as cockpit
 from client_callback.knobs import user_knobs
 from client_callback.stream import BATCH, EPOCH, RECORD, FitdeckWarning, Stream
 from server.discovery import resolve_target
-from server.protocol import LR_KEY, MAX_NAME, SETTINGS_META, Rec, encode_value, jsonable
+from server.protocol import (
+    LR_KEY,
+    MAX_NAME,
+    RUN_ID,
+    SETTINGS_META,
+    Env,
+    Rec,
+    encode_value,
+    jsonable,
+)
+from server.spool import default_spool_dir
 
 __all__ = ["LiveMonitor"]
 
@@ -53,6 +64,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     callback's hook), ends the run `failed` with the exception's type and
     message before the exception reaches the caller (LiveMonitor watches
     `keras.Model.fit` for that, since Keras calls no hook then).
+
+    In a multi-worker job every process adds its own LiveMonitor: they share
+    one run, process 0 streams the metrics, every process is listed as a
+    worker, and commands apply on every process before the same batch.
 
     Example:
 
@@ -97,6 +112,12 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             Defaults to `5.0`.
         ping_timeout: Seconds without an answer to a ping before the link is
             declared dead and reopened. Defaults to `10.0`.
+        run_id: The run to stream into: 32 lowercase hex characters as they
+            are, any other name hashed to such an id (the same in every
+            process). Give every process of a multi-worker job the same one,
+            or none: the processes of a JAX or `MultiWorkerMirroredStrategy`
+            job then take process 0's. Defaults to `FITDECK_RUN_ID`, else a
+            new id.
         checkpoint_dir: Where the `checkpoint` command (and `stop` with
             `checkpoint`) saves the model, as `<run_id>-step<step>.keras`.
             Defaults to a `checkpoints` folder beside the spool folder
@@ -110,11 +131,26 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             unreachable before it resumes by itself. Defaults to `300.0`.
 
     Raises:
-        ValueError: on a malformed `url`, over-long names, `params` that is
-            not a dict, or non-positive timeouts and sizes.
+        ValueError: on a malformed `url`, over-long names or `run_id`,
+            `params` that is not a dict, or non-positive timeouts and sizes.
     """
 
     async_safe = True
+
+    # tf_keras (Keras 2) asks every callback these before it calls any hook;
+    # Keras 3 never does. With them one LiveMonitor serves both.
+    _supports_tf_logs = False  # tf_keras hands the hooks NumPy/Python values
+    _chief_worker_only = None
+    validation_data = None
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return True
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
 
     def __init__(
         self,
@@ -130,6 +166,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         spool_dir: str | os.PathLike[str] | None = None,
         connect_timeout: float = 5.0,
         ping_timeout: float = 10.0,
+        run_id: str | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         knobs: dict[str, Any] | None = None,
         watch: list[Any] | None = None,
@@ -160,7 +197,9 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             if not isinstance(size, int) or size < 1:
                 raise ValueError(f"{name} must be a positive int. Received {name}={size!r}.")
 
-        self.run_id = uuid.uuid4().hex
+        given_id = run_id if run_id is not None else os.environ.get(Env.RUN_ID) or None
+        self._named_run = given_id is not None
+        self.run_id = _run_id(given_id) if given_id is not None else uuid.uuid4().hex
         self.url = url
         # What JSON or the server cannot hold (2**70, "\udcff", objects) is sent as text.
         self.user_params, self._unsendable = jsonable(params or {}, "params")
@@ -171,25 +210,31 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self.project: str | None = names["project"]
         self._unsendable += unsendable_names
         self.flush_timeout = flush_timeout
-        self._stream = Stream(
-            url,
-            self.run_id,
-            token,
-            max_buffer=max_buffer,
-            memory_records=memory_records,
-            spool_dir=Path(spool_dir) if spool_dir is not None else None,
-            connect_timeout=connect_timeout,
-            ping_timeout=ping_timeout,
-        )
+        self._token = token
+        self._stream_options: dict[str, Any] = {
+            "max_buffer": max_buffer,
+            "memory_records": memory_records,
+            "spool_dir": Path(spool_dir) if spool_dir is not None else None,
+            "connect_timeout": connect_timeout,
+            "ping_timeout": ping_timeout,
+        }
+        self._stream = Stream(url, self.run_id, token, **self._stream_options)
         self._buffer = self._stream.buffer
         self._inbox = self._stream.inbox
+        # A multi-worker job: this process's worker index and the job's size.
+        self._job: tuple[int, int] | None = None
+        self._position = 0  # steps run when the training thread last entered a batch
+        self._waiting: list[dict[str, Any]] = []  # commands waiting for their step
         self._max_buffer = max_buffer
         self._fits = 0
         self._epoch = 0
         self._epoch_base = 0  # global steps completed before the current epoch
         self._max_batch = -1
+        self._steps = _NO_STEPS  # batches per epoch, when Keras knows it
+        self._iter_offset = 0  # the run's step minus optimizer.iterations, this fit
         self._lr: float | None = None
         self._lr_check = False
+        self._lr_watch: _LrWatch | None = None
         self._stopped_by_command = False
         self._thread_ident: int | None = None
         _watch_fit()
@@ -206,6 +251,10 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     # -- the hot path ------------------------------------------------------------
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # With steps_per_execution > 1 Keras passes the last batch index of the
+        # execution, which can overshoot the epoch: count what really ran.
+        if batch >= self._steps:
+            batch = self._steps - 1
         if batch > self._max_batch:
             self._max_batch = batch
         if len(self._buffer) < self._max_buffer:
@@ -217,7 +266,8 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self._stream.overflow()
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._inbox or self._lr_check:
+        self._position = self._epoch_base + batch
+        if self._inbox or self._lr_check or self._waiting:
             self._between_batches(batch)
 
     # -- once per epoch or fit -------------------------------------------------
@@ -225,17 +275,24 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self in _ACTIVE:  # the last fit raised unseen by `_watch_fit` and was caught
             self._fail(None, "the previous fit ended by an exception that was caught")
+        if self._fits == 0:
+            self._join_job()
         _install_exit_hooks()
         _ACTIVE.add(self)
         self._thread_ident = threading.get_ident()
         self._fits += 1
         self._stopped_by_command = False
+        steps = (self.params or {}).get("steps")
+        self._steps = steps if isinstance(steps, int) and steps > 0 else _NO_STEPS
+        iterations = self._read_iterations()
+        self._iter_offset = self._epoch_base - iterations if iterations is not None else 0
         name = self.run_name or f"{self.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self._record(
             Rec.run_start(time.time(), name, self.project, self.user_params, self._describe())
         )
         lr = self._read_lr()
         self._record_lr(lr, previous=None, source="initial")
+        self._watch_lr()
         self._cockpit_call(self._cockpit.begin, self, self._scheduled())
         self._stream.start()
 
@@ -247,8 +304,17 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._lr_check = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch_base += self._max_batch + 1
+        # The optimizer counts the steps that really ran (any steps_per_execution,
+        # a short last execution); the batch indices are the fallback.
+        start = self._epoch_base
+        iterations = self._read_iterations()
+        if iterations is not None and iterations + self._iter_offset >= self._epoch_base:
+            self._epoch_base = iterations + self._iter_offset
+        else:
+            self._epoch_base += self._max_batch + 1
         self._max_batch = -1
+        if iterations is not None:
+            self._record_schedule(start, self._epoch_base)
         self._check_lr()
         epoch_logs = dict(logs or {})
         if LR_KEY not in epoch_logs and self._lr is not None:
@@ -257,6 +323,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         self._cockpit_call(self._cockpit.epoch_end, epoch, logs)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._unwatch_lr()
         model = self.model
         if getattr(model, "stop_training", False) and not self._stopped_by_command:
             self._record(Rec.event(time.time(), "early_stop", {"by": "callback"},
@@ -310,10 +377,89 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         if self._lr_check:
             self._lr_check = False
             self._check_lr(batch)
-        while self._inbox:
-            self._apply(self._inbox.popleft(), batch)
+        if self._job is None:
+            while self._inbox:
+                self._apply(self._inbox.popleft(), batch)
+        else:
+            self._apply_in_step(batch)
         if self._cockpit.paused:  # hold here; the stream thread keeps the link alive
             self._cockpit.hold(batch)
+
+    def _apply_in_step(self, batch: int) -> None:
+        """A job: every worker applies a command before the same batch, the one
+        the server's commit names; until it is known, hold at the first batch
+        boundary after the one this worker reported (see server.workers)."""
+        while self._inbox:
+            self._waiting.append(self._inbox.popleft())
+        for command in list(self._waiting):
+            at_step = self._stream.commits.get(command["id"])
+            if at_step is None:
+                seen = command.get("seen_at")
+                if seen is None or self._position <= seen:
+                    continue  # this worker may still go on
+                at_step = self._hold(command["id"])
+                if at_step is None:
+                    self._waiting.remove(command)
+                    self._command_status(
+                        command,
+                        "rejected",
+                        f"the workers did not agree on a step within {HOLD_SECONDS:g} s",
+                        self._where(batch),
+                    )
+                    continue
+            if self._position >= at_step:
+                self._waiting.remove(command)
+                self._apply(command, batch)
+
+    def _hold(self, command_id: int) -> int | None:
+        """Wait here, between two batches, for the step the server sets for a command."""
+        deadline = time.monotonic() + HOLD_SECONDS
+        commits = self._stream.commits
+        while command_id not in commits:
+            if time.monotonic() > deadline:
+                self._stream.warn_once(
+                    "hold",
+                    f"fitdeck: no step for command {command_id} from {self.url} within "
+                    f"{HOLD_SECONDS:g} s; this worker goes on without it.",
+                )
+                return None
+            time.sleep(0.001)
+        return commits[command_id]
+
+    # -- multi-worker jobs ---------------------------------------------------------
+
+    def _join_job(self) -> None:
+        """In a multi-process job, share one run: every process streams as a worker.
+
+        Each process runs this in its first `on_train_begin`, in the same order,
+        so the one collective here (process 0's run id to all, unless the run
+        was named) is entered by all.
+        """
+        job = _job_of(self.model)
+        if job is None:
+            return
+        index, count = job
+        if not self._named_run:
+            try:
+                self.run_id = _broadcast_run_id(self.model, self.run_id, index)
+            except Exception as exc:
+                _warn_now(
+                    f"fitdeck: worker {index} of {count} could not learn worker 0's run id "
+                    f"({type(exc).__name__}: {exc}); name the run with "
+                    f"LiveMonitor(run_id=...) or {Env.RUN_ID}."
+                )
+        options = dict(self._stream_options)
+        if index > 0:  # its own spool: the run's file is worker 0's
+            base = options["spool_dir"] or default_spool_dir()
+            options["spool_dir"] = Path(base) / f"worker-{index}"
+        stream = Stream(self.url, self.run_id, self._token, **options)
+        stream.worker = {"index": index, "count": count}
+        stream.position = self._current_position
+        self._stream, self._job = stream, job
+        self._buffer, self._inbox = stream.buffer, stream.inbox
+
+    def _current_position(self) -> int | None:
+        return self._position
 
     def _apply(self, command: dict[str, Any], batch: int) -> None:
         where = self._where(batch)
@@ -364,7 +510,14 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
                 "build the optimizer with a float learning_rate to steer it"
             )
         previous = self._read_lr()
-        optimizer.learning_rate = float(lr)
+        watch = self._lr_watch
+        if watch is not None:
+            watch.muted = True  # this change is recorded here, as the command's
+        try:
+            optimizer.learning_rate = float(lr)
+        finally:
+            if watch is not None:
+                watch.muted = False
         self._record_lr(self._read_lr(), previous=previous, source="command",
                         command_id=command.get("id"), batch=batch)  # fmt: skip
         return None
@@ -403,12 +556,25 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
     # -- learning rate -----------------------------------------------------------
 
     def _read_lr(self) -> float | None:
+        watch = self._lr_watch
+        if watch is not None:  # the variable itself: no model access, no JAX state sync
+            return watch.read()
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             return None
         try:
-            return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            lr = optimizer.learning_rate
+            if callable(lr) and not hasattr(lr, "assign"):  # a tf_keras schedule
+                lr = lr(optimizer.iterations)
+            return _scalar(lr)
         except Exception:  # an optimizer without a readable LR: nothing to chart
+            return None
+
+    def _read_iterations(self) -> int | None:
+        """`optimizer.iterations`: the train steps that really ran (read once an epoch)."""
+        try:
+            return int(_scalar(self.model.optimizer.iterations))
+        except Exception:
             return None
 
     def _check_lr(self, batch: int | None = None) -> None:
@@ -418,6 +584,76 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             scheduled = _schedule_name(self.model.optimizer) is not None
             source = "schedule" if scheduled else "callback"
             self._record_lr(lr, previous=self._lr, source=source, batch=batch)
+
+    def _record_schedule(self, start: int, end: int) -> None:
+        """The rate a `LearningRateSchedule` gave each step of the epoch that just ended.
+
+        A schedule changes the rate inside the train step, where no hook sees
+        it; it is a function of the step, so its values are computed here, once
+        an epoch, for every step (at most MAX_SCHEDULE_POINTS, evenly spread),
+        and recorded where they change, as readings (no event per step).
+        """
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or end <= start or _schedule_name(optimizer) is None:
+            return
+        schedule = getattr(_innermost(optimizer), "_learning_rate", None)
+        if not callable(schedule):
+            return
+        import numpy as np
+
+        steps = np.arange(start, end)
+        if len(steps) > MAX_SCHEDULE_POINTS:
+            steps = np.unique(np.linspace(start, end - 1, MAX_SCHEDULE_POINTS).astype(np.int64))
+        try:
+            values = [float(v) for v in np.asarray(_numpy(schedule(steps - self._iter_offset)))]
+            if len(values) != len(steps):
+                raise ValueError("not one value per step")
+        except Exception:  # a schedule that takes one step at a time
+            try:
+                values = [_scalar(schedule(int(s) - self._iter_offset)) for s in steps[:256]]
+            except Exception:
+                return
+        spe = self._steps if self._steps != _NO_STEPS else None
+        t = time.time()
+        for step, lr in zip(steps.tolist()[: len(values)], values, strict=True):
+            if lr != self._lr and math.isfinite(lr):
+                self._lr = lr
+                progress = self._epoch + (step - start) / spe if spe else self._epoch
+                self._record(Rec.lr(t, step, progress, lr, None, "schedule"))
+
+    def _watch_lr(self) -> None:
+        """Hear every assignment to the optimizer's learning-rate variable, by anyone.
+
+        A callback that sets the rate every batch, before or after this one in
+        the list, assigns the variable: the wrapper reads the new value and the
+        optimizer's step counter right then, so the change is recorded at the
+        step from which the optimizer uses it, and the batch hooks read nothing.
+        """
+        self._unwatch_lr()
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None or _schedule_name(optimizer) is not None:
+            return
+        watch = _LrWatch.install(self, optimizer)
+        if watch is not None:
+            self._lr_watch = watch
+
+    def _unwatch_lr(self) -> None:
+        watch, self._lr_watch = self._lr_watch, None
+        if watch is not None:
+            watch.remove()
+
+    def _lr_assigned(self, lr: float, iterations: int | None) -> None:
+        """The LR variable was assigned (by someone else): record a change at its step."""
+        if self not in _ACTIVE or lr == self._lr:
+            return
+        if iterations is None:  # unreadable now: the next batch boundary looks
+            self._lr_check = True
+            return
+        step = iterations + self._iter_offset
+        spe = self._steps if self._steps != _NO_STEPS else None
+        progress = self._epoch + (step - self._epoch_base) / spe if spe else self._epoch
+        previous, self._lr = self._lr, lr
+        self._record(Rec.lr(time.time(), step, progress, lr, previous, "callback"))
 
     def _record_lr(
         self,
@@ -445,17 +681,23 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         """What Keras knows about this fit, for the run's header."""
         model, params = self.model, self.params or {}
         optimizer = getattr(model, "optimizer", None)
+        legacy = type(model).__module__.startswith("tf_keras")
         meta: dict[str, Any] = {
             "fit": self._fits,
             "epochs": params.get("epochs"),
             "steps_per_epoch": params.get("steps"),
-            "batch_size": params.get("batch_size"),
             "model_name": getattr(model, "name", None),
-            "keras_version": keras.__version__,
-            "backend": keras.backend.backend(),
+            "keras_version": _legacy_version() if legacy else keras.__version__,
+            "backend": "tensorflow" if legacy else keras.backend.backend(),
             "lr_schedule": _schedule_name(optimizer) if optimizer is not None else None,
             SETTINGS_META: [LR_KEY],  # series that hold until changed: drawn as steps
         }
+        batch_size = params.get("batch_size") or _fit_batch_size()
+        if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
+            meta["batch_size"] = batch_size  # absent, not null, when it cannot be known
+        spe = getattr(model, "steps_per_execution", None)
+        if isinstance(spe, int) and spe > 1:
+            meta["steps_per_execution"] = spe
         if optimizer is not None:
             try:
                 config = optimizer.get_config()
@@ -482,6 +724,202 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
         return clean  # type: ignore[no-any-return]
 
 
+HOLD_SECONDS = 10.0
+"""How long a worker of a job waits between two batches for a command's step."""
+
+
+def _run_id(value: str) -> str:
+    """A run id as given: 32 lowercase hex characters as they are, any other name
+    (a job id, say) hashed to 32, the same in every process."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise ValueError(
+            f"run_id must be a non-empty string of at most {MAX_NAME} characters. "
+            f"Received {value!r}."
+        )
+    if RUN_ID.fullmatch(value):
+        return value
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def _job_of(model: Any) -> tuple[int, int] | None:
+    """(this process's index, the number of processes) in a multi-process job: JAX
+    (`jax.distributed`), or TensorFlow's `MultiWorkerMirroredStrategy` (chief first)."""
+    try:
+        strategy = getattr(model, "distribute_strategy", None)
+        if type(strategy).__name__.startswith(("MultiWorkerMirrored", "CollectiveAllReduce")):
+            resolver = strategy.cluster_resolver  # type: ignore[union-attr]
+            cluster = resolver.cluster_spec().as_dict()
+            chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+            if chiefs + workers < 2:
+                return None
+            task = resolver.task_id or 0
+            index = task if resolver.task_type == "chief" else chiefs + task
+            return index, chiefs + workers
+        if type(model).__module__.startswith("tf_keras") or keras.backend.backend() != "jax":
+            return None
+        jax = sys.modules.get("jax")
+        count = int(jax.process_count()) if jax is not None else 1
+        return (int(jax.process_index()), count) if jax is not None and count > 1 else None
+    except Exception:
+        return None
+
+
+def _broadcast_run_id(model: Any, run_id: str, index: int) -> str:
+    """Worker 0's run id, on every process of the job (one collective)."""
+    import numpy as np
+
+    data = np.frombuffer(bytes.fromhex(run_id), dtype=np.uint8)
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and type(model).__module__.startswith("tf_keras"):
+        import tensorflow as tf
+
+        # Worker 0's replicas give the id and a count of one each, the others zeros.
+        mine = np.concatenate([data, [1]]).astype(np.int64) * (index == 0)
+        total = strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(mine)), axis=None
+        ).numpy()
+        data = (total[:-1] // max(int(total[-1]), 1)).astype(np.uint8)
+        return bytes(data.tolist()).hex()
+    from jax.experimental import multihost_utils
+
+    out = multihost_utils.broadcast_one_to_all(data)
+    return bytes(np.asarray(out, dtype=np.uint8).tolist()).hex()
+
+
+_NO_STEPS = 2**62
+"""`_steps` when the number of batches per epoch is unknown: no clamping."""
+
+
+class _LrWatch:
+    """An instance-level wrapper around the LR variable's `assign` (removed after fit).
+
+    Keras 3 and tf_keras optimizers set a float learning rate through
+    `variable.assign(value)`; so do `keras.backend.set_value` and the LR
+    callbacks. The wrapper calls the original first and never raises.
+    """
+
+    def __init__(self, monitor: LiveMonitor, optimizer: Any, variable: Any) -> None:
+        self._monitor = weakref.ref(monitor)
+        self.optimizer = optimizer
+        self.variable = variable
+        self.muted = False
+        self._original = variable.assign
+
+    @classmethod
+    def install(cls, monitor: LiveMonitor, optimizer: Any) -> _LrWatch | None:
+        inner = _innermost(optimizer)
+        variable: Any = getattr(inner, "_learning_rate", None)
+        if not hasattr(variable, "assign"):
+            try:
+                variable = inner.learning_rate
+            except Exception:
+                return None
+        if not hasattr(variable, "assign") or "assign" in getattr(variable, "__dict__", {}):
+            return None  # not a variable, or someone else's wrapper is there already
+        watch = cls(monitor, optimizer, variable)
+        try:
+            variable.assign = watch._assign
+        except Exception:  # a variable type that takes no attributes: epoch checks only
+            return None
+        return watch
+
+    def _assign(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+        out = self._original(value, *args, **kwargs)
+        monitor = self._monitor()
+        if monitor is not None and not self.muted:
+            with contextlib.suppress(Exception):  # a wrapper must never break an assign
+                lr = self.read()
+                if lr is not None and lr != monitor._lr:
+                    iterations: int | None
+                    try:
+                        iterations = int(_scalar(self.optimizer.iterations))
+                    except Exception:
+                        iterations = None
+                    monitor._lr_assigned(lr, iterations)
+        return out
+
+    def read(self) -> float | None:
+        try:
+            return _scalar(self.variable)
+        except Exception:
+            return None
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.variable.__dict__.get("assign") == self._assign:
+                del self.variable.assign
+
+
+MAX_SCHEDULE_POINTS = 2000
+"""Most learning-rate readings of a schedule recorded for one epoch."""
+
+
+def _numpy(value: Any) -> Any:
+    numpy = getattr(value, "numpy", None)
+    return numpy() if callable(numpy) else keras.ops.convert_to_numpy(value)
+
+
+def _scalar(value: Any) -> float:
+    """A scalar tensor or variable (Keras 3, TensorFlow, JAX, NumPy) as a float.
+
+    A JAX array spread over several processes is read from this process's copy.
+    """
+    try:
+        return float(value)
+    except Exception:
+        pass
+    inner = getattr(value, "value", value)
+    shards = getattr(inner, "addressable_shards", None)
+    if shards:
+        return float(shards[0].data)
+    numpy = getattr(value, "numpy", None)  # TensorFlow's distributed (mirrored) variables
+    if callable(numpy):
+        return float(numpy())
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def _innermost(optimizer: Any) -> Any:
+    """The optimizer inside any `LossScaleOptimizer` (mixed precision) wrappers."""
+    for _ in range(8):  # wrappers of wrappers, within reason
+        inner = getattr(optimizer, "inner_optimizer", None)
+        if inner is None:
+            break
+        optimizer = inner
+    return optimizer
+
+
+def _legacy_version() -> str | None:
+    module = sys.modules.get("tf_keras")
+    return getattr(module, "__version__", None)
+
+
+def _fit_batch_size() -> int | None:
+    """The batch size `fit` is using, from its data adapter, when it is known.
+
+    Keras does not pass it to callbacks; `fit` (Keras 3: `epoch_iterator`,
+    tf_keras: `data_handler`) is on the call stack of `on_train_begin`. Arrays
+    and datasets of a fixed batch size know it; generators do not.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "fit":
+            names = frame.f_locals
+            holder = names.get("epoch_iterator")
+            adapter = getattr(holder, "data_adapter", None)
+            if adapter is None:
+                adapter = getattr(names.get("data_handler"), "_adapter", None)
+            if adapter is not None:
+                with contextlib.suppress(Exception):
+                    size = adapter.batch_size
+                    size = size() if callable(size) else size
+                    return int(size) if size is not None else None
+                return None
+        frame = frame.f_back
+    return None
+
+
 def _layer(layer: Any) -> dict[str, Any]:
     try:
         shape = str(layer.output.shape)
@@ -504,17 +942,23 @@ def _warn_now(message: str) -> None:
 def _schedule_name(optimizer: Any) -> str | None:
     """The schedule's name when the learning rate is a `LearningRateSchedule` (or a
     callable), else `None`; a `LossScaleOptimizer` (mixed precision) is seen through."""
-    for _ in range(8):  # wrappers of wrappers, within reason
-        inner = getattr(optimizer, "inner_optimizer", None)
-        if inner is None:
-            break
-        optimizer = inner
+    optimizer = _innermost(optimizer)
     lr = getattr(optimizer, "_learning_rate", None)
-    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+    if isinstance(lr, _schedule_classes()):
         return type(lr).__name__
     if callable(lr) and not hasattr(lr, "assign"):
         return getattr(lr, "__name__", type(lr).__name__)
     return None
+
+
+def _schedule_classes() -> tuple[type, ...]:
+    """LearningRateSchedule of Keras 3, and of tf_keras when it is loaded."""
+    classes: list[type] = [keras.optimizers.schedules.LearningRateSchedule]
+    legacy = sys.modules.get("tf_keras")
+    if legacy is not None:
+        with contextlib.suppress(Exception):
+            classes.append(legacy.optimizers.schedules.LearningRateSchedule)
+    return tuple(classes)
 
 
 # -- fits that end by an exception --------------------------------------------

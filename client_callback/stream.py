@@ -28,6 +28,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,10 @@ POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS
 BACKOFF_START, BACKOFF_MAX = 0.5, 5.0
 LINK_PROBLEMS = ("unreachable", "refused", "storage", "stream-failed")
 """Warnings that already say where unacknowledged records go."""
+
+
+def _nowhere() -> int | None:
+    return None
 
 
 class FitdeckWarning(UserWarning):
@@ -104,6 +109,12 @@ class Stream:
         self.ping_timeout = ping_timeout
         self.buffer: deque[tuple[Any, ...]] = deque()
         self.inbox: deque[dict[str, Any]] = deque()
+        # Multi-worker jobs: which worker this is, where its training thread is
+        # (steps run when it last entered a batch), and the step the server set
+        # for each command (`commit` messages), written by this thread only.
+        self.worker: dict[str, int] | None = None
+        self.position: Callable[[], int | None] = _nowhere
+        self.commits: dict[int, int] = {}
         self.connected = False
         self.dropped = 0
         self.spool = Spool(
@@ -330,7 +341,7 @@ class Stream:
 
     def _session(self, ws: ClientConnection) -> bool:
         """Stream until everything is sent after `finish` (True) or the link drops (raises)."""
-        ws.send(dumps(Msg.hello(self.run_id)))
+        ws.send(dumps(Msg.hello(self.run_id, worker=self.worker)))
         welcome = loads(ws.recv(timeout=self.connect_timeout))
         if welcome.get("type") == "storage_error":
             self._handle(welcome)  # raises StorageTrouble
@@ -392,7 +403,15 @@ class Stream:
                 return  # resent after a reconnect; it is handled once
             self._seen_commands.add(command["id"])
             self.inbox.append(command)
-            self.buffer.append((RECORD, Rec.command(time.time(), command["id"], "delivered")))
+            # Read after the append: the training thread has not passed this step
+            # without seeing the command (a multi-worker job holds there for a commit).
+            step = self.position()
+            if step is not None:
+                command["seen_at"] = step
+            delivered = Rec.command(time.time(), command["id"], "delivered", step=step)
+            self.buffer.append((RECORD, delivered))
+        elif kind == "commit":
+            self.commits[int(message["id"])] = int(message["at_step"])
         elif kind == "error":
             self.warn_once("server-error", f"fitdeck: the server refused a record: {message}")
         elif kind == "storage_error":

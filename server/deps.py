@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends
@@ -13,6 +13,7 @@ from server.errors import Unauthorized
 from server.hub import Hub, TrainerLinks
 from server.settings import Settings
 from server.store import Store
+from server.workers import Workers
 
 __all__ = ["AppState", "Authorized", "StateDep", "get_state"]
 
@@ -24,6 +25,7 @@ class AppState:
     store: Store
     hub: Hub
     trainers: TrainerLinks
+    workers: Workers = field(default_factory=Workers)
 
 
 def get_state(conn: HTTPConnection) -> AppState:

@@ -102,38 +102,52 @@ class Hub:
 
 
 class TrainerLinks:
-    """The live trainer's `/ws/train` connection of each run that has one, to send it
-    commands. Only a trainer's connection is a link (a newer one of the same run
-    replaces the older: a reconnect whose old link has not timed out yet); an
-    uploader (`fitdeck sync`) never is one.
+    """The live trainers' `/ws/train` connections of each run that has one, to send
+    them commands: one per worker (index 0 for a single-process `fit`), and
+    commands go to every worker of the run. Only a trainer's connection is a
+    link (a newer one of the same worker replaces the older: a reconnect whose
+    old link has not timed out yet); an uploader (`fitdeck sync`) never is one.
     """
 
     def __init__(self) -> None:
-        self._links: dict[str, Any] = {}
+        self._links: dict[str, dict[int, Any]] = {}
 
-    def attach(self, run_id: str, send: Any) -> Any:
-        """Register `send(text)`; returns the link it replaced, if any."""
-        old = self._links.get(run_id)
-        self._links[run_id] = send
+    def attach(self, run_id: str, send: Any, index: int = 0) -> Any:
+        """Register worker `index`'s `send(text)`; returns the link it replaced, if any."""
+        links = self._links.setdefault(run_id, {})
+        old = links.get(index)
+        links[index] = send
         return old
 
-    def detach(self, run_id: str, send: Any) -> None:
-        if self._links.get(run_id) is send:
-            del self._links[run_id]
+    def detach(self, run_id: str, send: Any, index: int = 0) -> None:
+        links = self._links.get(run_id)
+        if links is not None and links.get(index) is send:
+            del links[index]
+            if not links:
+                del self._links[run_id]
 
-    def connected(self, run_id: str) -> bool:
-        return run_id in self._links
+    def connected(self, run_id: str, index: int | None = None) -> bool:
+        """Any worker of the run (or worker `index`) is connected."""
+        links = self._links.get(run_id)
+        if not links:
+            return False
+        return index is None or index in links
 
     async def send_command(self, run_id: str, command: dict[str, Any]) -> bool:
-        send = self._links.get(run_id)
-        if send is None:
-            return False
-        try:
-            await send(dumps(Msg.command(command)))
-        except Exception as exc:  # the trainer's link is going away; it gets it on reconnect
-            log.info("could not deliver command %s to run %s: %s", command["id"], run_id, exc)
-            return False
-        return True
+        return await self.send(run_id, Msg.command(command), f"command {command['id']}")
+
+    async def send(self, run_id: str, message: dict[str, Any], what: str = "a message") -> bool:
+        """Send to every worker of the run; True if at least one link took it."""
+        links = list(self._links.get(run_id, {}).items())
+        text = dumps(message)
+        sent = False
+        for index, send in links:
+            try:
+                await send(text)
+                sent = True
+            except Exception as exc:  # the link is going away; it gets it on reconnect
+                log.info("could not deliver %s to run %s worker %d: %s", what, run_id, index, exc)
+        return sent
 
 
 def live_points(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -9,7 +9,8 @@ nor FastAPI, so `fitdeck sync` and the server run on a machine without Keras.
 The messages are documented in `docs/http_api.md`:
 
 - `/ws/train`, trainer → server: `hello`, then `records` frames; server →
-  trainer: `welcome`, `ack`, `command`, `error`, `storage_error`.
+  trainer: `welcome`, `ack`, `command`, `commit` (multi-worker jobs), `error`,
+  `storage_error`.
 - `/ws/live`, browser → server: `subscribe`; server → browser: `hello`,
   `subscribed`, `run`, `run_deleted`, `metrics`, `event`, `command`, `error`,
   `storage`.
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_KNOBS",
     "MAX_NAME",
     "MAX_SUBSCRIPTIONS",
+    "MAX_WORKERS",
     "MIN_INT",
     "NONFINITE",
     "PROTOCOL_VERSION",
@@ -122,6 +124,8 @@ class Env:
     """Server: seconds a connection has to send a request's headers."""
     SPOOL_DIR: Final = "FITDECK_SPOOL_DIR"
     """Callback and `fitdeck sync`: where unacknowledged records are kept."""
+    RUN_ID: Final = "FITDECK_RUN_ID"
+    """Callback: the run to stream into (every process of a multi-worker job)."""
 
 
 # -- identifiers and limits ------------------------------------------------------
@@ -149,6 +153,8 @@ MAX_DEPTH: Final = 32
 `{"a": {"b": 1}}` is 2 deep. Deeper ones are refused (the callback sends them as text)."""
 MAX_TEXT: Final = 1000
 """Longest text the callback makes of a value it cannot send as JSON (characters)."""
+MAX_WORKERS: Final = 4096
+"""Most processes one multi-worker job (one run) may have."""
 
 SCOPES: Final = ("epoch", "batch")
 LR_KEY: Final = "learning_rate"
@@ -454,12 +460,17 @@ class Msg:
 
     # /ws/train
     @staticmethod
-    def hello(run_id: str, role: str | None = None) -> dict[str, Any]:
+    def hello(
+        run_id: str, role: str | None = None, worker: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
         """Trainer → server, first frame: which run this connection streams, and
-        (`role`, see HELLO_ROLES) who streams it; none is the live trainer."""
+        (`role`, see HELLO_ROLES) who streams it; none is the live trainer. In a
+        multi-worker job, which worker of how many (`{"index": 1, "count": 2}`)."""
         hello: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL_VERSION, "run_id": run_id}
         if role is not None:
             hello["role"] = role
+        if worker is not None:
+            hello["worker"] = {"index": worker["index"], "count": worker["count"]}
         return hello
 
     @staticmethod
@@ -486,6 +497,12 @@ class Msg:
                       "kind": command["kind"], "lr": command["lr"]}  # fmt: skip
             return {"type": "command", "command": fields}
         return {"type": "command", "run_id": run_id, "command": dict(command)}
+
+    @staticmethod
+    def commit(command_id: int, at_step: int) -> dict[str, Any]:
+        """Server → every worker of a multi-worker job: apply the command at the batch
+        boundary where `at_step` steps have run (the same step on every worker)."""
+        return {"type": "commit", "id": command_id, "at_step": at_step}
 
     @staticmethod
     def error(message: str) -> dict[str, Any]:
@@ -628,6 +645,7 @@ TRAIN_MESSAGES: Final = (
     "welcome",
     "ack",
     "command",
+    "commit",
     "error",
     "storage_error",
 )

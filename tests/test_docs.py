@@ -58,6 +58,7 @@ def test_every_message_builder_makes_a_listed_type() -> None:
         "welcome": ("0" * 32, 0),
         "ack": (1,),
         "command": ({"id": 1, "kind": "stop", "lr": None},),
+        "commit": (1, 12),
         "error": ("x",),
         "storage_error": ("x",),
         "storage": (None,),

@@ -242,6 +242,7 @@ MSG_CALLS = {
     "welcome": lambda: Msg.welcome(RUN, 0),
     "ack": lambda: Msg.ack(5),
     "command": lambda: Msg.command({"id": 1, "kind": "set_lr", "lr": 0.1, "status": "pending"}),
+    "commit": lambda: Msg.commit(1, 12),
     "error": lambda: Msg.error("no"),
     "storage_error": lambda: Msg.storage_error("database is locked"),
     "subscribe": lambda: Msg.subscribe(iter([RUN])),

@@ -125,6 +125,7 @@ def many_metrics(query: Annotated[MetricsQuery, Query()], state: StateDep) -> di
 @router.get("/runs/{run_id}")
 def get_run(run_id: RunId, state: StateDep) -> dict[str, Any]:
     run = state.store.get_run(run_id)
+    run["workers"] = state.workers.describe(run, state.trainers.connected(run_id, 0))
     knobs, callbacks = state.store.run_state(run_id)
     return {"run": run, "keys": state.store.run_keys(run_id), "knobs": knobs,
             "callbacks": callbacks}  # fmt: skip

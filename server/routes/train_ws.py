@@ -38,6 +38,7 @@ from server.protocol import (
 )
 from server.records import validate_records
 from server.store import StorageUnavailable
+from server.workers import parse_worker
 
 __all__ = ["router"]
 
@@ -61,6 +62,7 @@ class ProtocolError(Exception):
 async def train_ws(ws: WebSocket, state: StateDep) -> None:
     await ws.accept()  # Host, Origin and token were checked by server.guard.Guard
     run_id: str | None = None
+    index = 0  # the worker, in a multi-worker job
     trainer = accepted = False
     send_lock = asyncio.Lock()
 
@@ -69,7 +71,7 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
             await ws.send_text(text)
 
     try:
-        run_id, role = await _hello(ws)
+        run_id, role, index, count = await _hello(ws)
         trainer = role == "trainer"
         if state.store.trouble is not None:
             await _storage_close(ws, send, state.store.trouble)
@@ -82,7 +84,7 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
         trouble = state.hub.storage_trouble  # the event of this moment: set when writes fail
         accepted = True
         # Every write from here on may meet storage trouble: the connection then closes.
-        session = _session(ws, state, run_id, trainer, send)
+        session = _session(ws, state, run_id, trainer, send, index, count)
         if await _until_trouble(session, trouble):
             await _storage_close(ws, send, state.hub.storage_reason or "storage trouble")
     except WebSocketDisconnect:
@@ -94,9 +96,12 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
     finally:
         if run_id is not None and accepted:
             if trainer:
-                state.trainers.detach(run_id, send)
+                state.trainers.detach(run_id, send, index)
+                if not state.trainers.connected(run_id, index):
+                    state.workers.lost(run_id, index)
             # Only a `running` run is affected; a store closing amid trouble gives up.
-            if not state.trainers.connected(run_id):
+            # A job's other workers never change the run's status.
+            if index == 0 and not state.trainers.connected(run_id, 0):
                 with contextlib.suppress(StorageUnavailable):
                     await _store(
                         state,
@@ -107,24 +112,43 @@ async def train_ws(ws: WebSocket, state: StateDep) -> None:
                     )
 
 
-async def _session(ws: WebSocket, state: AppState, run_id: str, trainer: bool, send: Send) -> None:
+async def _session(
+    ws: WebSocket,
+    state: AppState,
+    run_id: str,
+    trainer: bool,
+    send: Send,
+    index: int = 0,
+    count: int = 1,
+) -> None:
     """Welcome the connection (a trainer also takes the command link and hears of
-    unfinished commands), then take its records until it leaves."""
-    if trainer:
+    unfinished commands), then take its records until it leaves.
+
+    A multi-worker job's other workers (index > 0) are welcomed with what this
+    server acknowledged to them: their records are read, not stored."""
+    worker = state.workers.hello(run_id, index, count) if trainer else None
+    if trainer and index > 0:
+        last_seq = worker.last_seq if worker is not None else 0
+    elif trainer:
         connected = await _store(
             state, run_id, lambda c: lifecycle.mark_connected(c, state.store.memory, run_id)
         )
-        if state.trainers.attach(run_id, send) is not None:
-            log.info("run %s: a newer connection replaces the previous one", run_id)
+        last_seq = connected.last_seq
     else:
         connected = await _store(
             state, run_id, lambda c: lifecycle.progress(c, state.store.memory, run_id)
         )
-    await send(dumps(Msg.welcome(run_id, connected.last_seq)))
+        last_seq = connected.last_seq
+    if trainer and state.trainers.attach(run_id, send, index) is not None:
+        log.info("run %s: a newer connection replaces worker %d's", run_id, index)
+    await send(dumps(Msg.welcome(run_id, last_seq)))
     if trainer:
         for command in await state.store.write(lambda c: commands.unfinished_commands(c, run_id)):
             await send(dumps(Msg.command(command)))
-    await _receive_all(ws, state, run_id, send)
+            at_step = state.workers.commit(run_id, command["id"])
+            if at_step is not None:
+                await send(dumps(Msg.commit(command["id"], at_step)))
+    await _receive_all(ws, state, run_id, send, index if trainer else 0)
 
 
 async def _storage_close(ws: WebSocket, send: Send, why: str) -> None:
@@ -194,7 +218,7 @@ async def _frame(ws: WebSocket, timeout: float | None = None) -> Any:
         raise ProtocolError(Close.POLICY, str(exc)) from None
 
 
-async def _hello(ws: WebSocket) -> tuple[str, str]:
+async def _hello(ws: WebSocket) -> tuple[str, str, int, int]:
     try:
         hello = await _frame(ws, HELLO_TIMEOUT)
     except TimeoutError:
@@ -214,10 +238,16 @@ async def _hello(ws: WebSocket) -> tuple[str, str]:
     role = hello.get("role", "trainer")
     if role not in HELLO_ROLES:
         raise ProtocolError(Close.POLICY, f"role must be one of {HELLO_ROLES}, got {role!r}.")
-    return run_id, str(role)
+    try:
+        index, count = parse_worker(hello.get("worker"))
+    except ValueError as exc:
+        raise ProtocolError(Close.POLICY, str(exc)) from None
+    return run_id, str(role), index, count
 
 
-async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -> None:
+async def _receive_all(
+    ws: WebSocket, state: AppState, run_id: str, send: Any, index: int = 0
+) -> None:
     """Read, validate and store `records` frames; ack each once it is committed.
 
     Up to MAX_IN_FLIGHT frames are stored while the next ones are read and parsed:
@@ -226,7 +256,7 @@ async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -
     in_flight: deque[asyncio.Task[None]] = deque()
     try:
         while True:
-            stored = await _receive(ws, state, run_id, send)
+            stored = await _receive(ws, state, run_id, send, index)
             if stored is not None:
                 in_flight.append(asyncio.ensure_future(stored))
             while in_flight and (len(in_flight) >= MAX_IN_FLIGHT or in_flight[0].done()):
@@ -240,7 +270,7 @@ async def _receive_all(ws: WebSocket, state: AppState, run_id: str, send: Any) -
 
 
 async def _receive(
-    ws: WebSocket, state: AppState, run_id: str, send: Any
+    ws: WebSocket, state: AppState, run_id: str, send: Any, index: int = 0
 ) -> Awaitable[None] | None:
     """Take one frame; for a `records` frame, what acks it once it is stored."""
     frame = await _frame(ws)
@@ -257,6 +287,17 @@ async def _receive(
         return None
     for message in errors:
         await send(dumps(Msg.error(message)))
+    if state.workers.count(run_id) > 1:
+        for command_id in state.workers.records(run_id, index, records):
+            at_step = state.workers.commit(run_id, command_id)
+            if at_step is not None:
+                await state.trainers.send(run_id, Msg.commit(command_id, at_step), "a commit")
+    if index > 0:  # a job's other worker: read above, acknowledged, not stored
+        worker = state.workers.get(run_id, index)
+        if worker is not None:
+            worker.last_seq = max(worker.last_seq, top_seq)
+        await send(dumps(Msg.ack(top_seq)))
+        return None
     stored = _submit(
         state, run_id, lambda c: ingest.apply_records(c, state.store.memory, run_id, records)
     )
