@@ -159,13 +159,12 @@ def test_remote_runs_end_when_their_source_goes_quiet() -> None:
 
 
 def test_a_quiet_source_s_run_is_finished_by_the_server(tmp_path: Path) -> None:
-    from fastapi.testclient import TestClient
-
     from server import Settings, create_app
+    from tests.conftest import local_client
 
     app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN, disconnect_grace=0.2))
     app.state.remote_monitor.idle_seconds = 0.3
-    with TestClient(app, headers=AUTH) as c:
+    with local_client(app, headers=AUTH) as c:
         run_id = post_form(c, {"epoch": 0, "loss": 1.0}).json()["run_id"]
         deadline = time.monotonic() + 10
         while c.get(f"/api/runs/{run_id}").json()["run"]["status"] != "finished":

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from server import Settings, create_app
 from server.workers import Workers, parse_worker
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, local_client
 from tests.test_api import batch, send, start
 
 RUN = "c" * 32
@@ -136,7 +136,7 @@ def test_parse_worker_takes_only_an_index_below_its_count(value: Any) -> None:
 
 def test_a_lost_worker_fails_the_run_naming_it(tmp_path: Path) -> None:
     app = create_app(Settings(db=tmp_path / "t.db", token=TOKEN, disconnect_grace=0.3))
-    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with local_client(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         w0, w1 = worker(client, 0), worker(client, 1)
         send(w0, start())
         send(w1, start(), batch(2, 7, loss=1.0))
