@@ -340,7 +340,7 @@ class LiveMonitor(keras.callbacks.Callback):  # type: ignore[misc]
             self._command_status(command, "expired", "training ended before the next batch", where)
         self._check_lr()
         self._record(Rec.run_end(time.time(), status, error))
-        spooled = self._stream.finish(self.flush_timeout)
+        spooled = self._stream.finish(self.flush_timeout, failed=status == "failed")
         if spooled:
             self._stream.warn_once(
                 "spooled",

@@ -169,8 +169,11 @@ class Stream:
             "dropped until the sending thread catches up.",
         )
 
-    def finish(self, timeout: float) -> int:
-        """Send what is left, waiting up to `timeout` seconds while connected.
+    def finish(self, timeout: float, *, failed: bool = False) -> int:
+        """Send what is left, waiting up to `timeout` seconds while connected (and,
+        for a `failed` fit, while its first connection is being made: the failure
+        must reach the server; a fit that ended well never waits on a dead or hung
+        server).
 
         Whatever the server has not acknowledged by then goes to the spool file,
         with one warning saying so unless an earlier one did. Returns how many
@@ -180,8 +183,8 @@ class Stream:
         self._wake.set()
         thread = self._thread
         deadline = time.monotonic() + timeout
-        if thread is not None and not self.connected:
-            # A fit that ends (or raises) at once: give its first attempt the time.
+        if failed and thread is not None and not self.connected:
+            # A fit that raised at once: give its first attempt the time.
             self._tried.wait(timeout)
         connected = self.connected
         with self._warn_lock:  # the server answers, the stream tripped: its retry gets the time
