@@ -47,14 +47,13 @@ from server.protocol import (
     loads,
     train_ws_url,
 )
-from server.spool import Spool, default_spool_dir
+from server.spool import SEND_CHUNK, Spool, default_spool_dir
 
 __all__ = ["BATCH", "EPOCH", "RECORD", "FitdeckWarning", "Stream"]
 
 log = logging.getLogger("fitdeck.callback")
 
 BATCH, EPOCH, RECORD = 0, 1, 2
-SEND_CHUNK = 1000
 CHUNKS_PER_POLL = 8
 FLUSH_SECONDS = 0.1  # the oldest unsent record waits at most this long for company
 POLL_SECONDS = 0.05  # also the granularity of FLUSH_SECONDS

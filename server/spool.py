@@ -20,7 +20,10 @@ from typing import Any
 
 from server.protocol import Env, jsonable
 
-__all__ = ["Spool", "default_spool_dir"]
+__all__ = ["SEND_CHUNK", "Spool", "default_spool_dir"]
+
+SEND_CHUNK = 1000
+"""Most records a sender (the callback's stream, `fitdeck sync`) puts in one frame."""
 
 
 def default_spool_dir() -> Path:

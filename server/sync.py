@@ -25,11 +25,10 @@ from server.protocol import (
     loads,
     train_ws_url,
 )
-from server.spool import Spool, default_spool_dir
+from server.spool import SEND_CHUNK, Spool, default_spool_dir
 
 __all__ = ["SyncResult", "sync"]
 
-SEND_CHUNK = 1000
 WINDOW = 8 * SEND_CHUNK  # records sent ahead of the last ack
 
 
